@@ -1,0 +1,160 @@
+"""The `minigrad` command: train, info.
+
+    minigrad train iris [--epochs 100 --batch-size 64 --lr 1e-3 --optimizer adam --workers 4]
+    minigrad train iris --json          # ends the output with one JSON summary object
+    minigrad info                       # versions, Numba threads and layer, CuPy/GPU
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+TASKS = ("iris", "mnist")
+
+
+def _build_task(args):
+    """(model, train arrays, test arrays, batch transform) for a task name."""
+    from . import models
+    from .random import manual_seed
+
+    manual_seed(args.seed)
+    if args.task == "iris":
+        from .data.iris import load_iris
+
+        X_train, y_train, X_test, y_test = load_iris()
+        return models.IrisMLP(), (X_train, y_train), (X_test, y_test), None
+    if args.task == "mnist":
+        from .data.mnist import load_mnist, normalize
+
+        X_train, y_train, X_test, y_test = load_mnist()
+        if args.limit:
+            X_train, y_train = X_train[:args.limit], y_train[:args.limit]
+        return (models.MnistCNN(algo=args.conv), (X_train, y_train), (X_test, y_test),
+                normalize)
+    raise ValueError(f"unknown task {args.task!r}: expected one of {TASKS}")
+
+
+def cmd_train(args):
+    from .data.loader import DataLoader
+    from .train import TrainingDiverged, fit, make_optimizer
+
+    if args.device != "cpu":
+        from .backend import gpu_available
+
+        ok, why = gpu_available()
+        if not ok:
+            print(f"minigrad train: --device {args.device} is not usable here: {why}",
+                  file=sys.stderr)
+            return 2
+    model, train_data, test_data, transform = _build_task(args)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr)
+    loader = DataLoader(train_data, batch_size=args.batch_size, shuffle=True, seed=args.seed,
+                        num_workers=args.workers, transform=transform)
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    t0 = time.perf_counter()
+    try:
+        with loader:
+            summary = fit(model, optimizer, loader, test_data, args.epochs,
+                          eval_transform=transform, device=args.device, save=args.save,
+                          resume=args.resume, meta={"seed": args.seed, "task": args.task},
+                          log=log, progress=args.progress)
+    except TrainingDiverged as e:
+        print(f"minigrad train: {e}", file=sys.stderr)
+        return 3
+    summary = {"task": args.task, "optimizer": args.optimizer, "lr": args.lr,
+               "batch_size": args.batch_size, "workers": args.workers, "seed": args.seed,
+               "device": args.device, **({"conv": args.conv} if args.task == "mnist" else {}),
+               **summary, "wall_seconds": time.perf_counter() - t0}
+    if args.json:
+        if not args.history:
+            summary.pop("history")
+        print(json.dumps(summary))
+    else:
+        print(f"test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} epochs "
+              f"({summary['train_seconds']:.2f}s training, "
+              f"{summary['seconds_per_epoch']:.3f}s/epoch)")
+    return 0
+
+
+def cmd_info(args):
+    import numba
+
+    import kernels
+
+    from . import __version__
+    from .backend import gpu_available
+
+    lines = [f"minigrad {__version__}", f"python {platform.python_version()}",
+             f"numpy {np.__version__}", f"numba {numba.__version__}"]
+    try:
+        import scipy
+
+        lines.append(f"scipy {scipy.__version__}")
+    except ImportError:
+        lines.append("scipy missing (np.dot inside Numba kernels needs it)")
+    try:
+        import torch
+
+        lines.append(f"torch {torch.__version__} (reference only)")
+    except ImportError:
+        lines.append("torch not installed (only needed for tests and benchmarks)")
+    layer = kernels.numba_threading_layer()
+    lines.append(f"numba threads {numba.get_num_threads()}, threading layer {layer}")
+    ok, why = gpu_available()
+    lines.append(f"cupy/gpu: {'usable' if ok else 'not usable'} ({why})")
+    print("\n".join(lines))
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="minigrad", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on a task")
+    t.add_argument("task", choices=TASKS)
+    t.add_argument("--epochs", type=int, default=None, help="default: 100 (iris), 10 (mnist)")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    t.add_argument("--workers", type=int, default=4, help="data-loader threads")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--conv", default=None, help="convolution algorithm (mnist)")
+    t.add_argument("--limit", type=int, default=None, help="first N training images (mnist)")
+    t.add_argument("--save", default=None, help="checkpoint path (.npz), written every epoch")
+    t.add_argument("--resume", default=None, help="checkpoint to continue from")
+    t.add_argument("--json", action="store_true", help="end with one JSON summary object")
+    t.add_argument("--history", action="store_true", help="include per-epoch rows in --json")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: on when stderr is a terminal)")
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("info", help="versions, threads, GPU")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        if args.epochs is None:
+            args.epochs = 100 if args.task == "iris" else 10
+        if args.progress is None:
+            args.progress = sys.stderr.isatty()
+        for name in ("epochs", "batch_size", "workers"):
+            if getattr(args, name) < (0 if name == "workers" else 1):
+                print(f"minigrad train: --{name.replace('_', '-')} must be positive",
+                      file=sys.stderr)
+                return 2
+        if args.device not in ("cpu", "cuda"):
+            print(f"minigrad train: unknown --device {args.device!r} (cpu or cuda)",
+                  file=sys.stderr)
+            return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
