@@ -1,0 +1,283 @@
+"""minigrad's convolution and pooling kernels: pure array functions, no autograd.
+
+The contract (NCHW inputs, weights (M, C, KH, KW), float32 by default, float64 accepted;
+the output dtype is the input dtype; `stride` and `padding` take an int or a pair)::
+
+    import kernels
+    y      = kernels.conv2d_forward(x, w, stride=1, padding=0, algo="im2col", backend="numba")
+    dx, dw = kernels.conv2d_backward(dy, x, w, stride=1, padding=0, algo="im2col",
+                                     backend="numba")
+    n      = kernels.workspace_bytes("im2col", x.shape, w.shape, stride=1, padding=0)
+    y, argmax = kernels.maxpool2d_forward(x, kernel_size, stride=None, backend="numba")
+    dx     = kernels.maxpool2d_backward(dy, argmax, x.shape, kernel_size, stride=None,
+                                        backend="numba")
+
+Everything is checked here, once, and the algorithm modules receive C-contiguous arrays of
+one float dtype and (int, int) pairs. Each algorithm lives in its own module, imported lazily
+by name ("kn2row-aa" -> `kernels/kn2row_aa.py`), which exposes::
+
+    forward_numpy(x, w, stride, padding) -> y          backward_numpy(dy, x, w, s, p) -> dx, dw
+    forward_numba(x, w, stride, padding) -> y          backward_numba(dy, x, w, s, p) -> dx, dw
+    workspace_bytes(x_shape, w_shape, stride, padding, itemsize) -> int
+
+The "cupy" backend dispatches to `kernels.cuda.<module>.forward(x, w, stride, padding)` and
+`.backward(dy, x, w, stride, padding)` (and, for pooling, `kernels.cuda.pool.forward(x,
+kernel, stride)` / `.backward(dy, argmax, x_shape, kernel, stride)`).
+
+Numba's threading layer is chosen in `kernels/_numba.py` ("threadsafe": tbb or omp), so the
+kernels may be called from several Python threads at once.
+"""
+import importlib
+
+import numpy as np
+
+from ._common import out_size, pair
+
+__all__ = [
+    "ALGORITHMS",
+    "BACKENDS",
+    "conv2d_forward",
+    "conv2d_backward",
+    "workspace_bytes",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+]
+
+ALGORITHMS = ("direct", "im2col", "im2row", "kn2row", "kn2row-aa", "kn2col")
+BACKENDS = ("numpy", "numba", "cupy")
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------- validation
+# Only shapes and dtypes are inspected, so the same checks serve numpy and cupy arrays.
+
+
+def _shape(a):
+    return tuple(int(s) for s in a.shape)
+
+
+def _check_choice(op, name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{op}: unknown {name} {value!r}; valid choices: {', '.join(choices)}")
+
+
+def _check_4d(op, name, a, layout):
+    if len(a.shape) != 4:
+        raise ValueError(f"{op}: {name} must be 4-D {layout}, got shape {_shape(a)}")
+
+
+def _check_float(op, name, a):
+    dt = np.dtype(a.dtype)
+    if dt not in DTYPES:
+        raise ValueError(
+            f"{op}: {name} must be float32 or float64, got dtype {dt} (shape {_shape(a)})"
+        )
+
+
+def _check_pair(op, name, v, minimum):
+    try:
+        p = pair(v, name)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from e
+    if min(p) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {v!r}")
+    return p
+
+
+def _check_conv(op, x, w, stride, padding, algo, backend):
+    _check_choice(op, "algo", algo, ALGORITHMS)
+    _check_choice(op, "backend", backend, BACKENDS)
+    _check_4d(op, "x", x, "(N, C, H, W)")
+    _check_4d(op, "w", w, "(M, C, KH, KW)")
+    _check_float(op, "x", x)
+    _check_float(op, "w", w)
+    if np.dtype(x.dtype) != np.dtype(w.dtype):
+        raise ValueError(
+            f"{op}: x and w must have the same dtype, got x {np.dtype(x.dtype)} "
+            f"{_shape(x)} and w {np.dtype(w.dtype)} {_shape(w)}"
+        )
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(
+            f"{op}: channel mismatch: x {_shape(x)} has C={x.shape[1]} but "
+            f"w {_shape(w)} expects C={w.shape[1]}"
+        )
+    stride = _check_pair(op, "stride", stride, 1)
+    padding = _check_pair(op, "padding", padding, 0)
+    _, _, h, wd = _shape(x)
+    kh, kw = _shape(w)[2:]
+    if kh > h + 2 * padding[0] or kw > wd + 2 * padding[1]:
+        raise ValueError(
+            f"{op}: kernel {kh}x{kw} (w {_shape(w)}) is larger than the padded input "
+            f"{h + 2 * padding[0]}x{wd + 2 * padding[1]} (x {_shape(x)}, padding {padding})"
+        )
+    if min(_shape(w)) < 1 or min(_shape(x)) < 1:
+        raise ValueError(f"{op}: empty arrays are not supported: x {_shape(x)}, w {_shape(w)}")
+    return stride, padding
+
+
+def _conv_out_shape(x_shape, w_shape, stride, padding):
+    ho, wo = out_size(x_shape[2], x_shape[3], w_shape[2], w_shape[3], stride, padding)
+    return (x_shape[0], w_shape[0], ho, wo)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _module(name, backend):
+    """The module implementing `name` ("kn2row-aa" -> kernels.kn2row_aa), imported lazily."""
+    mod = name.replace("-", "_")
+    full = f"kernels.cuda.{mod}" if backend == "cupy" else f"kernels.{mod}"
+    if backend == "cupy":
+        _require_cupy()
+    try:
+        return importlib.import_module(full)
+    except ModuleNotFoundError as e:
+        if e.name != full:  # a missing dependency *inside* the module: report it as is
+            raise
+        raise NotImplementedError(
+            f"algorithm {name!r} (backend {backend!r}) is listed but module {full} "
+            f"does not exist yet"
+        ) from e
+
+
+_CUPY_OK = None
+
+
+def _require_cupy():
+    global _CUPY_OK
+    if _CUPY_OK:
+        return
+    try:
+        import cupy
+    except ImportError as e:
+        raise RuntimeError(
+            "backend 'cupy' needs CuPy (pip install cupy-cuda12x) and a CUDA GPU; "
+            f"CuPy is not importable here ({e}). Use backend 'numba' or 'numpy'."
+        ) from e
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # cupy raises CUDARuntimeError when there is no driver
+        raise RuntimeError(f"backend 'cupy': no usable CUDA GPU ({e})") from e
+    if n < 1:
+        raise RuntimeError("backend 'cupy': CuPy is installed but no CUDA GPU is visible")
+    _CUPY_OK = True
+
+
+def _contiguous(a, backend):
+    if backend == "cupy":
+        import cupy
+
+        return cupy.ascontiguousarray(a)
+    return np.ascontiguousarray(a)
+
+
+def _call(module, direction, backend, *args):
+    if backend == "cupy":
+        return getattr(module, direction)(*args)
+    return getattr(module, f"{direction}_{backend}")(*args)
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def conv2d_forward(x, w, stride=1, padding=0, algo="im2col", backend="numba"):
+    """y[n, m, oh, ow] = sum_{c,kh,kw} w[m, c, kh, kw] * xpad[n, c, oh*sh + kh, ow*sw + kw].
+
+    x: (N, C, H, W); w: (M, C, KH, KW); returns y: (N, M, Ho, Wo) of x's dtype.
+    """
+    op = "conv2d_forward"
+    stride, padding = _check_conv(op, x, w, stride, padding, algo, backend)
+    x, w = _contiguous(x, backend), _contiguous(w, backend)
+    return _call(_module(algo, backend), "forward", backend, x, w, stride, padding)
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0, algo="im2col", backend="numba"):
+    """Gradients (dx, dw) of sum(dy * conv2d_forward(x, w)) with respect to x and w."""
+    op = "conv2d_backward"
+    stride, padding = _check_conv(op, x, w, stride, padding, algo, backend)
+    _check_4d(op, "dy", dy, "(N, M, Ho, Wo)")
+    want = _conv_out_shape(_shape(x), _shape(w), stride, padding)
+    if _shape(dy) != want:
+        raise ValueError(
+            f"{op}: dy has shape {_shape(dy)} but x {_shape(x)}, w {_shape(w)}, "
+            f"stride {stride}, padding {padding} give an output of shape {want}"
+        )
+    if np.dtype(dy.dtype) != np.dtype(x.dtype):
+        raise ValueError(
+            f"{op}: dy dtype {np.dtype(dy.dtype)} {_shape(dy)} must match x dtype "
+            f"{np.dtype(x.dtype)} {_shape(x)}"
+        )
+    dy, x, w = (_contiguous(a, backend) for a in (dy, x, w))
+    return _call(_module(algo, backend), "backward", backend, dy, x, w, stride, padding)
+
+
+def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, dtype=np.float32):
+    """Bytes of lowering buffers `algo` allocates in its forward pass (beyond x, w and y).
+
+    Each module documents its formula in its header; the NumPy references may also make a
+    zero-padded copy of x, which is not counted (see the module headers).
+    """
+    op = "workspace_bytes"
+    _check_choice(op, "algo", algo, ALGORITHMS)
+    x_shape, w_shape = tuple(int(s) for s in x_shape), tuple(int(s) for s in w_shape)
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise ValueError(f"{op}: x_shape and w_shape must be 4-D, got {x_shape} and {w_shape}")
+    if x_shape[1] != w_shape[1]:
+        raise ValueError(f"{op}: channel mismatch: x_shape {x_shape}, w_shape {w_shape}")
+    stride = _check_pair(op, "stride", stride, 1)
+    padding = _check_pair(op, "padding", padding, 0)
+    itemsize = np.dtype(dtype).itemsize
+    return int(_module(algo, "numpy").workspace_bytes(x_shape, w_shape, stride, padding, itemsize))
+
+
+# --------------------------------------------------------------------------- max pooling
+
+
+def _check_pool(op, x_shape, kernel_size, stride, backend):
+    _check_choice(op, "backend", backend, BACKENDS)
+    kernel = _check_pair(op, "kernel_size", kernel_size, 1)
+    stride = kernel if stride is None else _check_pair(op, "stride", stride, 1)
+    h, w = x_shape[2], x_shape[3]
+    if kernel[0] > h or kernel[1] > w:
+        raise ValueError(
+            f"{op}: kernel_size {kernel} is larger than the input {h}x{w} (x {x_shape})"
+        )
+    return kernel, stride
+
+
+def maxpool2d_forward(x, kernel_size, stride=None, backend="numba"):
+    """Max over each KHxKW window (no padding); returns y (N, C, Ho, Wo) and argmax.
+
+    argmax[n, c, oh, ow] is the flat index h*W + w, inside the (n, c) input plane, of the
+    first maximum of the window (int64); maxpool2d_backward routes dy there.
+    """
+    op = "maxpool2d_forward"
+    _check_4d(op, "x", x, "(N, C, H, W)")
+    _check_float(op, "x", x)
+    kernel, stride = _check_pool(op, _shape(x), kernel_size, stride, backend)
+    x = _contiguous(x, backend)
+    return _call(_module("pool", backend), "forward", backend, x, kernel, stride)
+
+
+def maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride=None, backend="numba"):
+    """dx (x_shape, dy's dtype): each dy[n, c, oh, ow] added at argmax in plane (n, c)."""
+    op = "maxpool2d_backward"
+    x_shape = tuple(int(s) for s in x_shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"{op}: x_shape must be 4-D (N, C, H, W), got {x_shape}")
+    _check_4d(op, "dy", dy, "(N, C, Ho, Wo)")
+    _check_float(op, "dy", dy)
+    kernel, stride = _check_pool(op, x_shape, kernel_size, stride, backend)
+    ho, wo = out_size(x_shape[2], x_shape[3], kernel[0], kernel[1], stride, (0, 0))
+    want = (x_shape[0], x_shape[1], ho, wo)
+    if _shape(dy) != want or _shape(argmax) != want:
+        raise ValueError(
+            f"{op}: dy {_shape(dy)} and argmax {_shape(argmax)} must both have shape {want} "
+            f"for x_shape {x_shape}, kernel_size {kernel}, stride {stride}"
+        )
+    if np.dtype(argmax.dtype).kind not in "iu":
+        raise ValueError(f"{op}: argmax must be an integer array, got {np.dtype(argmax.dtype)}")
+    dy = _contiguous(dy, backend)
+    argmax = _contiguous(argmax, backend).astype(np.int64, copy=False)
+    return _call(_module("pool", backend), "backward", backend, dy, argmax, x_shape, kernel,
+                 stride)

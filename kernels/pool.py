@@ -1,0 +1,104 @@
+"""Max pooling (no padding): forward keeps where each maximum came from; backward routes there.
+
+    x plane (H, W)              y plane (Ho, Wo)          argmax plane (Ho, Wo)
+    +--+--+--+--+               +---+---+                 flat index h*W + w of the
+    |1 |5 |2 |0 |   2x2 max,    | 5 | 4 |                 (first) maximum inside the
+    +--+--+--+--+   stride 2    +---+---+                 (n, c) input plane
+    |3 |2 |4 |1 |  ---------->
+    +--+--+--+--+
+
+    y[n, c, oh, ow]  = max_{i<KH, j<KW} x[n, c, oh*sh + i, ow*sw + j]
+    dx[n, c, argmax] += dy[n, c, oh, ow]        (several outputs may share one argmax when
+                                                 windows overlap, i.e. stride < kernel)
+No GEMM, no workspace: y and argmax (int64, same shape as y) are the outputs. Ties pick the
+first maximum in row-major window order, as PyTorch's CPU kernel does.
+
+Backward never races: the Numba kernel runs one (n, c) plane per thread and an output's
+gradient only ever lands in its own plane.
+"""
+import numpy as np
+
+from ._common import out_size
+from ._numba import njit, prange
+
+# --------------------------------------------------------------------------- NumPy reference
+
+
+def forward_numpy(x, kernel, stride):
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw) = kernel, stride
+    ho, wo = out_size(h, w, kh, kw, stride, (0, 0))
+    # windows[..., t] is tap t = i*KW + j of every window: a strided view per tap
+    windows = np.stack(
+        [x[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] for i in range(kh) for j in range(kw)],
+        axis=-1,
+    )  # (N, C, Ho, Wo, KH*KW)
+    tap = windows.argmax(axis=-1)  # first maximum
+    y = np.take_along_axis(windows, tap[..., None], axis=-1)[..., 0]
+    oh = np.arange(ho)[:, None]
+    ow = np.arange(wo)[None, :]
+    argmax = (oh * sh + tap // kw) * w + (ow * sw + tap % kw)
+    return np.ascontiguousarray(y), argmax.astype(np.int64)
+
+
+def backward_numpy(dy, argmax, x_shape, kernel, stride):
+    n, c, h, w = x_shape
+    dx = np.zeros((n * c, h * w), dtype=dy.dtype)
+    plane = np.arange(n * c)[:, None]
+    # np.add.at accumulates repeated indices (overlapping windows); plain += would not
+    np.add.at(dx, (plane, argmax.reshape(n * c, -1)), dy.reshape(n * c, -1))
+    return dx.reshape(x_shape)
+
+
+# --------------------------------------------------------------------------- Numba
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _forward_kernel(x, kh, kw, sh, sw, y, argmax):
+    n_img, c_in, h, w = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    for job in prange(n_img * c_in):
+        n = job // c_in
+        c = job % c_in
+        for oh in range(ho):
+            for ow in range(wo):
+                h0 = oh * sh
+                w0 = ow * sw
+                best = x[n, c, h0, w0]
+                arg = h0 * w + w0
+                for i in range(kh):
+                    for j in range(kw):
+                        v = x[n, c, h0 + i, w0 + j]
+                        if v > best:  # strict: keeps the first maximum
+                            best = v
+                            arg = (h0 + i) * w + w0 + j
+                y[n, c, oh, ow] = best
+                argmax[n, c, oh, ow] = arg
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def _backward_kernel(dy, argmax, dx):
+    # dx viewed as (N*C, H*W); one plane per job, so the += below never races
+    n_img, c_in, ho, wo = dy.shape
+    for job in prange(n_img * c_in):
+        n = job // c_in
+        c = job % c_in
+        for oh in range(ho):
+            for ow in range(wo):
+                dx[job, argmax[n, c, oh, ow]] += dy[n, c, oh, ow]
+
+
+def forward_numba(x, kernel, stride):
+    n, c, h, w = x.shape
+    ho, wo = out_size(h, w, kernel[0], kernel[1], stride, (0, 0))
+    y = np.empty((n, c, ho, wo), dtype=x.dtype)
+    argmax = np.empty((n, c, ho, wo), dtype=np.int64)
+    _forward_kernel(x, kernel[0], kernel[1], stride[0], stride[1], y, argmax)
+    return y, argmax
+
+
+def backward_numba(dy, argmax, x_shape, kernel, stride):
+    n, c, h, w = x_shape
+    dx = np.zeros((n * c, h * w), dtype=dy.dtype)
+    _backward_kernel(dy, argmax, dx)
+    return dx.reshape(x_shape)
