@@ -1,8 +1,10 @@
-"""The `minigrad` command: train, info.
+"""The `minigrad` command: train, info, plot, explain.
 
     minigrad train iris [--epochs 100 --batch-size 64 --lr 1e-3 --optimizer adam --workers 4]
     minigrad train iris --json          # ends the output with one JSON summary object
     minigrad info                       # versions, Numba threads and layer, CuPy/GPU
+    minigrad plot results.json --out DIR  # speedup, GFLOP/s, workspace ... figures
+    minigrad explain im2col [--text]    # draw how a small convolution is lowered
 """
 import argparse
 import json
@@ -27,13 +29,14 @@ def _build_task(args):
         X_train, y_train, X_test, y_test = load_iris()
         return models.IrisMLP(), (X_train, y_train), (X_test, y_test), None
     if args.task == "mnist":
-        from .data.mnist import load_mnist, normalize
+        from .data.mnist import load_mnist
+        from .data.transforms import mnist_normalize
 
         X_train, y_train, X_test, y_test = load_mnist()
         if args.limit:
             X_train, y_train = X_train[:args.limit], y_train[:args.limit]
         return (models.MnistCNN(algo=args.conv), (X_train, y_train), (X_test, y_test),
-                normalize)
+                mnist_normalize)
     raise ValueError(f"unknown task {args.task!r}: expected one of {TASKS}")
 
 
@@ -82,7 +85,7 @@ def cmd_train(args):
 def cmd_info(args):
     import numba
 
-    import kernels
+    from kernels._numba import threading_layer
 
     from . import __version__
     from .backend import gpu_available
@@ -101,7 +104,11 @@ def cmd_info(args):
         lines.append(f"torch {torch.__version__} (reference only)")
     except ImportError:
         lines.append("torch not installed (only needed for tests and benchmarks)")
-    layer = kernels.numba_threading_layer()
+    from kernels._blas import blas_info
+
+    for lib, version, arch, threads in blas_info():
+        lines.append(f"blas {lib} {version}, {arch} kernels, {threads} threads")
+    layer = threading_layer()
     lines.append(f"numba threads {numba.get_num_threads()}, threading layer {layer}")
     ok, why = gpu_available()
     lines.append(f"cupy/gpu: {'usable' if ok else 'not usable'} ({why})")
@@ -134,6 +141,11 @@ def build_parser():
 
     i = sub.add_parser("info", help="versions, threads, GPU")
     i.set_defaults(func=cmd_info)
+
+    from . import explain, plot
+
+    explain.add_parser(sub)
+    plot.add_parser(sub)
     return p
 
 
