@@ -12,9 +12,7 @@ class IrisMLP(nn.Sequential):
 class MnistCNN(nn.Module):
     """The seed's MNIST CNN: conv 1->32 3x3 pad 1, ReLU, 2x2 max-pool, conv 32->64 3x3 pad 1,
     ReLU, 2x2 max-pool, then 3136 -> 128 -> 64 -> 10 with ReLU. Input (N, 1, 28, 28),
-    normalised with mean 0.1307 and std 0.3081 by the data pipeline."""
-
-    MEAN, STD = 0.1307, 0.3081
+    normalised with mean 0.1307 and std 0.3081 (`minigrad.data.transforms.mnist_normalize`)."""
 
     def __init__(self, algo=None):
         super().__init__()

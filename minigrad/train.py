@@ -121,9 +121,10 @@ def fit(model, optimizer, loader, test_data, epochs, *, eval_transform=None, dev
             history.add(epoch=epoch + 1, loss=last_loss, train_accuracy=correct / max(seen, 1),
                         test_accuracy=test_acc, seconds=epoch_seconds,
                         loader_wait_share=loader.wait_seconds / max(epoch_seconds, 1e-12))
+            row = history.epochs[-1]
             log(f"epoch {epoch + 1:3d}/{epochs}  loss {last_loss:.4f}  "
-                f"train acc {correct / max(seen, 1):.4f}  test acc {test_acc:.4f}  "
-                f"{epoch_seconds:.2f}s  (loader wait {100 * history.epochs[-1]['loader_wait_share']:.1f}%)")
+                f"train acc {row['train_accuracy']:.4f}  test acc {test_acc:.4f}  "
+                f"{epoch_seconds:.2f}s  (loader wait {100 * row['loader_wait_share']:.1f}%)")
             if save is not None:
                 save_checkpoint(save, model, optimizer, epoch=epoch + 1, **meta)
     finally:

@@ -52,7 +52,7 @@ def test_mlp_forward_backward_matches_torch():
 def test_state_dict_roundtrip_and_errors():
     a, b = IrisMLP(), IrisMLP()
     b.load_state_dict(a.state_dict())
-    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+    for p, q in zip(a.parameters(), b.parameters()):
         np.testing.assert_array_equal(p.data, q.data)
     bad = dict(a.state_dict())
     bad["0.weight"] = np.zeros((49, 4), np.float32)

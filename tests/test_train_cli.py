@@ -121,3 +121,13 @@ def test_console_script_runs_as_documented():
     assert r.returncode == 0, r.stderr
     assert "numba threads" in r.stdout and "threading layer" in r.stdout
     assert "cupy/gpu" in r.stdout
+
+
+def test_device_cuda_without_gpu_says_so(capsys):
+    from minigrad.backend import gpu_available
+
+    if gpu_available()[0]:
+        pytest.skip("a GPU is present")
+    assert cli.main(["train", "iris", "--device", "cuda", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda is not usable here" in err and "CuPy" in err
