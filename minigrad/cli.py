@@ -41,6 +41,10 @@ def _build_task(args):
 
 
 def cmd_train(args):
+    if getattr(args, "strategy", None):
+        from .distributed.cli import cmd_train as distributed_train
+
+        return distributed_train(args)
     from .data.loader import DataLoader
     from .train import TrainingDiverged, fit, make_optimizer
 
@@ -126,7 +130,7 @@ def build_parser():
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    t.add_argument("--workers", type=int, default=4, help="data-loader threads")
+    t.add_argument("--workers", type=int, default=4, help="data-loader threads; with --strategy, training workers")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--conv", default=None, help="convolution algorithm (mnist)")
@@ -137,6 +141,9 @@ def build_parser():
     t.add_argument("--history", action="store_true", help="include per-epoch rows in --json")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on when stderr is a terminal)")
+    from .distributed.cli import add_arguments as add_distributed_arguments
+
+    add_distributed_arguments(t)
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("info", help="versions, threads, GPU")

@@ -1,0 +1,313 @@
+"""Asynchronous SGD with a parameter server (rank 0) and workers (ranks 1..N).
+
+    worker w                                       server (rank 0)
+    --------                                       ---------------
+    PULL ------------------------------------->    reply (version v, parameters W)
+    loop over my slices of the global batches:
+        g = gradient at the W it last received
+        PUSH (w, seq, v_pulled, g) ----------->    if (w, seq) already seen: resend its reply
+                                                   staleness s = v - v_pulled
+                                                   if bound and s > bound: DROP (not applied)
+                                                   else W -= lr/max(1, s) * g;  v += 1
+        <------------------------------------     REPLY (seq, APPLIED|DROPPED, v, W)
+        (no reply in ack_timeout: resend the same (w, seq))
+    BYE (reason, stats) ----------------------->   <- BYE_ACK
+
+Each worker runs at its own pace: nobody waits for the slowest. A worker's gradient was
+computed at parameters `s` server versions old (its *staleness*); the server records s
+for every update.
+
+Staleness-aware learning rate (Zhang, Gupta, Lian, Liu, IJCAI 2016): divide the rate by
+the staleness, lr / max(1, s), so a gradient computed on older parameters moves them less.
+Server momentum (optional, default off): W -= b with b = m b + lr_s g. Asynchrony already
+acts like momentum (Mitliagkas et al. 2016: about 1 - 1/N for N workers), so a smaller
+explicit m than synchronous training's is the usual choice.
+Staleness bound: an update with s > bound is DROPPED (not applied, counted, and the worker
+receives the fresh parameters with the reply and carries on). We drop rather than make
+fast workers wait (as SSP does), because waiting would let one stalled worker stop all.
+
+Faults, and why no update is lost or applied twice:
+* Every push carries (worker, seq), seq = 1, 2, 3, ... A worker sends push k+1 only after
+  the reply to push k (stop-and-wait), so the server remembers, per worker, the last seq it
+  handled and that push's outcome; a repeated (w, seq) - a resend after a lost or late
+  reply - is answered with the recorded outcome and NOT applied again.
+* A worker that gets no reply within `ack_timeout` resends the same push (up to `retries`
+  times), then gives up; so a lost reply loses no update.
+* A worker that raises sends a BYE(FAILED) on its way out if it still can: reported "dead".
+  A worker silent for `timeout` seconds is reported "stalled"; the server stops waiting for
+  it, but if it speaks again before the end it is "running" again and its pushes count.
+* The server finishes when no worker is running. It then answers any late push with STOP
+  (not applied, and the worker is told so) and waits up to `drain_timeout` for every
+  worker's BYE, replying BYE_ACK. Because a worker reads everything until its BYE_ACK, and
+  the server reads everything until each BYE, no message is left in flight at the end
+  (under MPI a message nobody receives could block its sender forever).
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .comm import ANY_SOURCE, pack, unpack
+from .common import compute_gradients, flat_grad, flat_params, load_flat
+
+# message tags
+PULL, PUSH, REPLY, BYE, BYE_ACK = 1, 2, 3, 4, 5
+# reply status
+PARAMS, APPLIED, DROPPED, STOP = 0, 1, 2, 3
+STATUS_NAMES = {PARAMS: "params", APPLIED: "applied", DROPPED: "dropped", STOP: "stop"}
+# BYE reasons
+DONE, FAILED, GAVE_UP, STOPPED = 0, 1, 2, 3
+REASONS = {DONE: "done", FAILED: "dead", GAVE_UP: "gave up", STOPPED: "stopped"}
+# the float64 statistics a worker sends with its BYE, in this order
+BYE_STATS = ("steps", "pushes", "applied", "dropped", "resends", "loss_sum", "correct",
+             "seen", "bytes_sent", "train_seconds")
+
+
+@dataclass
+class Faults:
+    """Injected faults, for tests and demos (ranks are comm ranks; steps count from 0)."""
+    die: dict = field(default_factory=dict)          # worker rank -> step at which it raises
+    stall: dict = field(default_factory=dict)        # worker rank -> (step, seconds asleep)
+    lose_replies: set = field(default_factory=set)   # (worker, seq) whose reply is "lost"
+
+
+class WorkerFailure(RuntimeError):
+    """The exception an injected `die` fault raises."""
+
+
+@dataclass
+class WorkerRecord:
+    """What the server knows about one worker."""
+    status: str = "running"          # running | stalled | done | dead | stopped | gave up
+    last_seen: float = 0.0
+    last_seq: int = 0                # highest seq handled
+    last_status: int = PARAMS        # outcome of that push (resent on a duplicate)
+    applied: list = field(default_factory=list)  # seqs applied, in order
+    dropped: int = 0
+    duplicates: int = 0
+    stalled_events: int = 0
+    said_bye: bool = False
+    stats: dict = field(default_factory=dict)
+
+
+class ParameterServer:
+    def __init__(self, comm, model, lr, staleness_aware=True, staleness_bound=None,
+                 timeout=30.0, drain_timeout=None, faults=None, log=None, momentum=0.0):
+        self.comm, self.model, self.lr, self.momentum = comm, model, lr, momentum
+        self.params = model.parameters()
+        self.w = flat_params(self.params).copy()
+        self.velocity = np.zeros_like(self.w)  # used with server momentum only
+        self.version = 0
+        self.staleness_aware, self.staleness_bound = staleness_aware, staleness_bound
+        self.timeout = timeout
+        self.drain_timeout = 10 * timeout if drain_timeout is None else drain_timeout
+        self.faults = faults or Faults()
+        self.log = log
+        self.workers = {r: WorkerRecord() for r in range(1, comm.size)}
+        self.staleness = []   # one per applied update
+        self.updates = []     # (worker, seq, pulled version, staleness, lr used)
+
+    # -- the protocol --------------------------------------------------------------------
+    def _reply(self, worker, seq, status):
+        if (worker, seq) in self.faults.lose_replies and status != STOP:
+            self.faults.lose_replies.discard((worker, seq))  # lost once; the resend gets one
+            return
+        self.comm.send(pack([seq, status, self.version], self.w), worker, REPLY)
+
+    def _apply(self, worker, seq, pulled, grad):
+        s = self.version - pulled
+        if self.staleness_bound is not None and s > self.staleness_bound:
+            return DROPPED
+        lr = self.lr / max(1, s) if self.staleness_aware else self.lr
+        if self.momentum:  # heavy ball on the server: b = m b + lr g;  W -= b
+            self.velocity *= self.momentum
+            self.velocity += lr * grad
+            self.w -= self.velocity
+        else:
+            self.w -= lr * grad
+        self.version += 1
+        self.staleness.append(s)
+        self.updates.append((worker, seq, pulled, s, lr))
+        return APPLIED
+
+    def _handle(self, src, tag, msg, serving):
+        rec = self.workers[src]
+        rec.last_seen = time.monotonic()
+        if rec.status == "stalled" and serving:
+            rec.status = "running"  # it came back in time
+            self._say(f"worker {src} is back")
+        if tag == PULL:
+            self._reply(src, 0, PARAMS if serving else STOP)
+        elif tag == PUSH:
+            (worker, seq, pulled), grad = unpack(msg, 3)
+            if seq <= rec.last_seq:  # a resend: same answer, never applied twice
+                rec.duplicates += 1
+                self._reply(src, seq, rec.last_status)
+                return
+            status = self._apply(src, seq, pulled, grad) if serving else STOP
+            rec.last_seq, rec.last_status = seq, status
+            if status == APPLIED:
+                rec.applied.append(seq)
+            elif status == DROPPED:
+                rec.dropped += 1
+            self._reply(src, seq, status)
+        elif tag == BYE:
+            (worker, reason), payload = unpack(msg, 2)
+            rec.said_bye = True
+            rec.status = REASONS[int(reason)]
+            rec.stats = dict(zip(BYE_STATS, payload.view(np.float64).tolist()))
+            self.comm.send(pack([0]), src, BYE_ACK)
+
+    def _say(self, text):
+        if self.log is not None:
+            self.log(f"[server] {text}")
+
+    def serve(self):
+        """Answer pulls and pushes until no worker is running; then drain. Returns a report."""
+        t0, bytes0 = time.perf_counter(), self.comm.bytes_sent
+        now = time.monotonic()
+        for rec in self.workers.values():
+            rec.last_seen = now
+        poll = min(0.25, self.timeout / 4)
+        while any(r.status == "running" for r in self.workers.values()):
+            got = self.comm.recv_any(source=ANY_SOURCE, timeout=poll)
+            if got is not None:
+                self._handle(*got, serving=True)
+            now = time.monotonic()
+            for rank, rec in self.workers.items():
+                if rec.status == "running" and now - rec.last_seen > self.timeout:
+                    rec.status = "stalled"
+                    rec.stalled_events += 1
+                    self._say(f"worker {rank} silent for {self.timeout:g} s: stalled")
+        train_seconds = time.perf_counter() - t0
+        # Drain: late pushes get STOP, every worker's BYE gets a BYE_ACK.
+        deadline = time.monotonic() + self.drain_timeout
+        while not all(r.said_bye for r in self.workers.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            got = self.comm.recv_any(source=ANY_SOURCE, timeout=min(left, poll))
+            if got is not None:
+                self._handle(*got, serving=False)
+        for rec in self.workers.values():
+            if not rec.said_bye:
+                rec.status = "lost" if rec.status in ("running", "stalled") else rec.status
+        load_flat(self.params, self.w)
+        return self.report(train_seconds, self.comm.bytes_sent - bytes0)
+
+    def report(self, train_seconds, bytes_sent):
+        workers = {}
+        for rank, rec in self.workers.items():
+            workers[rank] = {"status": rec.status, "updates_applied": len(rec.applied),
+                             "updates_dropped": rec.dropped, "duplicates": rec.duplicates,
+                             "stalled_events": rec.stalled_events, **rec.stats}
+        st = self.staleness
+        return {
+            "train_seconds": train_seconds,
+            "server_bytes_sent": bytes_sent,
+            "version": self.version,
+            "updates_applied": len(self.updates),
+            "updates_dropped": sum(r.dropped for r in self.workers.values()),
+            "duplicates": sum(r.duplicates for r in self.workers.values()),
+            "staleness_mean": float(np.mean(st)) if st else None,
+            "staleness_max": int(max(st)) if st else None,
+            "dead_workers": [r for r, w in workers.items() if w["status"] == "dead"],
+            "stalled_workers": [r for r, rec in self.workers.items() if rec.stalled_events],
+            "lost_workers": [r for r, w in workers.items() if w["status"] == "lost"],
+            "workers": workers,
+            "updates": self.updates,
+        }
+
+
+class AsyncWorker:
+    def __init__(self, comm, model, batches, server=0, ack_timeout=10.0, retries=3,
+                 faults=None, log=None):
+        self.comm, self.model, self.batches, self.server = comm, model, batches, server
+        self.params = model.parameters()
+        self.ack_timeout, self.retries = ack_timeout, retries
+        self.faults = faults or Faults()
+        self.log = log
+        self.version = 0
+        self.seq = 0
+        self.stats = dict.fromkeys(BYE_STATS, 0.0)
+        self.applied_seqs = []  # seqs the server told us it applied
+
+    def _request(self, tag, message, seq):
+        """Send, wait for the reply to `seq`; resend on timeout. Returns the status, or
+        None when the server never answered."""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats["resends"] += 1
+            self.comm.send(message, self.server, tag)
+            deadline = time.monotonic() + self.ack_timeout
+            while (left := deadline - time.monotonic()) > 0:
+                got = self.comm.recv_any(source=self.server, tag=REPLY, timeout=left)
+                if got is None:
+                    break
+                (rseq, status, version), w = unpack(got[2], 3)
+                if rseq != seq:
+                    continue  # a late duplicate reply to an earlier push: already handled
+                if status != STOP:
+                    load_flat(self.params, w)
+                    self.version = int(version)
+                return int(status)
+        return None
+
+    def train(self, epochs):
+        rank = self.comm.rank
+        t0 = time.perf_counter()
+        try:
+            reason = self._loop(epochs)
+        except Exception:
+            self._bye(FAILED, t0)  # best effort: tell the server before dying
+            raise
+        self._bye(reason, t0)
+        return {**self.stats, "reason": REASONS[reason], "applied_seqs": self.applied_seqs,
+                "rank": rank}
+
+    def _loop(self, epochs):
+        rank = self.comm.rank
+        if self._request(PULL, pack([rank]), 0) in (None, STOP):
+            return GAVE_UP
+        step = 0
+        for epoch in range(epochs):
+            for _, xb, yb, _ in self.batches.epoch(epoch):
+                if xb is None:
+                    continue
+                if self.faults.die.get(rank) == step:
+                    raise WorkerFailure(f"worker {rank}: injected failure at step {step}")
+                if rank in self.faults.stall and self.faults.stall[rank][0] == step:
+                    time.sleep(self.faults.stall[rank][1])
+                loss, correct = compute_gradients(self.model, xb, yb)
+                self.seq += 1
+                status = self._request(PUSH, pack([rank, self.seq, self.version],
+                                                  flat_grad(self.params)), self.seq)
+                self.stats["steps"] += 1
+                self.stats["pushes"] += 1
+                self.stats["loss_sum"] += loss * len(yb)
+                self.stats["correct"] += correct
+                self.stats["seen"] += len(yb)
+                step += 1
+                if status is None:
+                    return GAVE_UP
+                if status == STOP:
+                    return STOPPED
+                if status == APPLIED:
+                    self.stats["applied"] += 1
+                    self.applied_seqs.append(self.seq)
+                else:
+                    self.stats["dropped"] += 1
+        return DONE
+
+    def _bye(self, reason, t0):
+        self.stats["train_seconds"] = time.perf_counter() - t0
+        self.stats["bytes_sent"] = self.comm.bytes_sent
+        stats = np.array([self.stats[k] for k in BYE_STATS], dtype=np.float64)
+        self.comm.send(pack([self.comm.rank, reason], stats.view(np.float32)), self.server,
+                       BYE)
+        # Read everything the server still sends us until its BYE_ACK (see module doc).
+        deadline = time.monotonic() + self.ack_timeout * (self.retries + 1)
+        while (left := deadline - time.monotonic()) > 0:
+            got = self.comm.recv_any(source=self.server, timeout=left)
+            if got is None or got[1] == BYE_ACK:
+                return

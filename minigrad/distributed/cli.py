@@ -1,0 +1,171 @@
+"""`minigrad train ... --strategy X`: the command-line face of distributed training.
+
+    minigrad train mnist --strategy sync  --workers 4                      # threads
+    minigrad train mnist --strategy dgc   --workers 4 --optimizer sgd --lr 0.02
+    minigrad train mnist --strategy async --workers 4 --optimizer sgd --lr 0.01 \
+        --server-momentum 0.8
+    minigrad train mnist --strategy hogwild --workers 4 --optimizer sgd --lr 0.02
+    mpiexec -n 4 minigrad train mnist --strategy sync --comm mpi --json    # processes
+
+`--workers` is the number of training workers (with --comm mpi, mpiexec's -n decides:
+async then has a server and n-1 workers). sync runs the chosen `--optimizer` on the
+averaged gradient, so it is single-worker training split N ways; hogwild, async and dgc
+update with SGD by construction (hogwild: plain SGD per thread; async: plain SGD on the
+server, rate divided by staleness; dgc: momentum-corrected SGD), so they need
+`--optimizer sgd` and an SGD learning rate.
+
+The minigrad CLI calls `add_arguments(train_parser)` and, when --strategy is given,
+`cmd_train(args)`; `run(args)` returns the summary dict (None on MPI ranks other than 0).
+"""
+import argparse
+import json
+import sys
+
+from .launch import STRATEGIES, train_distributed
+
+
+def add_arguments(parser):
+    g = parser.add_argument_group("distributed training (minigrad.distributed)")
+    g.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help="train with N workers (--workers): sync (allreduce), hogwild (lock-"
+                        "free threads), async (parameter server), dgc (compressed sync)")
+    g.add_argument("--comm", choices=("threads", "mpi"), default="threads",
+                   help="ranks as threads of this process, or MPI processes (mpiexec)")
+    g.add_argument("--momentum", type=float, default=0.9,
+                   help="SGD momentum (sync with --optimizer sgd; dgc's momentum correction)")
+    g.add_argument("--staleness-aware", action=argparse.BooleanOptionalAction, default=True,
+                   help="async: learning rate lr / max(1, staleness) (Zhang et al. 2016)")
+    g.add_argument("--staleness-bound", type=int, default=None,
+                   help="async: drop (do not apply) updates staler than this")
+    g.add_argument("--server-momentum", type=float, default=0.0,
+                   help="async: momentum of the server's SGD (0: plain SGD)")
+    g.add_argument("--ps-timeout", type=float, default=30.0,
+                   help="async: seconds of silence after which a worker counts as stalled")
+    g.add_argument("--ack-timeout", type=float, default=10.0,
+                   help="async: seconds a worker waits for the server before resending")
+    g.add_argument("--inject-failure", action="append", default=[], metavar="RANK:STEP",
+                   help="async demo: worker RANK raises at its step STEP")
+    g.add_argument("--inject-stall", action="append", default=[], metavar="RANK:STEP:SEC",
+                   help="async demo: worker RANK sleeps SEC seconds at its step STEP")
+    g.add_argument("--dgc-warmup-epochs", type=float, default=1.0,
+                   help="dgc: epochs over which sparsity rises 75%% .. 99.6%% (0: none)")
+    g.add_argument("--dgc-sparsity", type=float, default=0.999,
+                   help="dgc: final sparsity (share of each weight tensor NOT sent)")
+    g.add_argument("--dgc-clip-norm", type=float, default=5.0,
+                   help="dgc: global clip norm (each worker clips at norm/sqrt(N); 0: off)")
+    g.add_argument("--dgc-sample-ratio", type=float, default=0.01,
+                   help="dgc: share of |v| sampled to estimate the threshold")
+    g.add_argument("--eval-limit", type=int, default=None,
+                   help="evaluate on the first N test samples only")
+    return parser
+
+
+def _faults(args):
+    from .async_ps import Faults
+
+    f = Faults()
+    for spec in args.inject_failure:
+        rank, step = (int(x) for x in spec.split(":"))
+        f.die[rank] = step
+    for spec in args.inject_stall:
+        rank, step, sec = spec.split(":")
+        f.stall[int(rank)] = (int(step), float(sec))
+    return f
+
+
+def check(args):
+    """A message for a combination of options that cannot work, else None."""
+    if args.strategy in ("hogwild", "async", "dgc") and args.optimizer != "sgd":
+        return (f"--strategy {args.strategy} updates with SGD (see `minigrad.distributed."
+                f"{'async_ps' if args.strategy == 'async' else args.strategy}`): pass "
+                "--optimizer sgd and an SGD learning rate, e.g. --lr 0.05")
+    if args.strategy == "hogwild" and args.comm == "mpi":
+        return "--strategy hogwild shares memory between threads: use --comm threads"
+    if args.comm == "threads" and args.workers < 1:
+        return "--workers must be at least 1 with --strategy"
+    if getattr(args, "device", "cpu") != "cpu":
+        return "--strategy runs on the CPU only (--device cpu)"
+    if getattr(args, "resume", None) or getattr(args, "save", None):
+        return "--save/--resume are not supported with --strategy"
+    return None
+
+
+def run(args):
+    """Train args.task with the chosen strategy; the summary dict (None off rank 0)."""
+    from ..cli import _build_task
+
+    problem = check(args)
+    if problem:
+        raise ValueError(problem)
+    model, train_data, test_data, transform = _build_task(args)
+    log = (lambda s: print(s, file=sys.stderr)) if getattr(args, "json", False) else print
+    summary = train_distributed(
+        args.strategy, model, train_data, test_data, transform=transform,
+        workers=args.workers, comm=args.comm, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, seed=args.seed,
+        staleness_aware=args.staleness_aware, staleness_bound=args.staleness_bound,
+        timeout=args.ps_timeout, ack_timeout=args.ack_timeout,
+        dgc_warmup_epochs=args.dgc_warmup_epochs, dgc_sparsity=args.dgc_sparsity,
+        dgc_clip_norm=args.dgc_clip_norm or None, dgc_sample_ratio=args.dgc_sample_ratio,
+        faults=_faults(args), eval_limit=args.eval_limit, log=log,
+        server_momentum=args.server_momentum)
+    if summary is None:
+        return None
+    head = {"task": args.task, "optimizer": args.optimizer if args.strategy == "sync"
+            else "sgd", "seed": args.seed, "device": "cpu"}
+    if args.task == "mnist":
+        head["conv"] = args.conv
+    return {**head, **summary}
+
+
+def cmd_train(args):
+    """Run, then print the summary on rank 0 (JSON with --json). Returns an exit code."""
+    try:
+        summary = run(args)
+    except ValueError as e:
+        print(f"minigrad train: {e}", file=sys.stderr)
+        return 2
+    if summary is None:  # an MPI rank other than 0
+        return 0
+    if getattr(args, "json", False):
+        print(json.dumps(summary))
+    else:
+        extra = ""
+        if summary["compression_ratio"] is not None and args.strategy == "dgc":
+            extra += f", compression {summary['compression_ratio']:.0f}x"
+        if summary["staleness_mean"] is not None:
+            extra += (f", staleness mean {summary['staleness_mean']:.2f} "
+                      f"max {summary['staleness_max']}")
+        if summary.get("dead_workers") or summary.get("stalled_workers"):
+            extra += (f", dead workers {summary['dead_workers']}, stalled "
+                      f"{summary['stalled_workers']}")
+        print(f"{args.strategy} x{summary['workers']} ({args.comm}): test accuracy "
+              f"{summary['test_accuracy']:.4f} after {summary['epochs']} epochs "
+              f"({summary['train_seconds']:.2f}s training, {summary['bytes_sent']} bytes "
+              f"sent{extra})")
+    return 0
+
+
+def parse_args(argv):
+    """`minigrad train` arguments plus ours, parsed (for tests and `python -m`): works
+    whether or not minigrad/cli.py already calls add_arguments."""
+    from .. import cli as main_cli
+
+    parser = main_cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    if "--strategy" not in train._option_string_actions:
+        add_arguments(train)
+    args = parser.parse_args(["train", *argv])
+    if args.epochs is None:
+        args.epochs = 100 if args.task == "iris" else 10
+    return args
+
+
+def main(argv=None):
+    """python -m minigrad.distributed.cli mnist --strategy dgc ... (same flags as train)."""
+    return cmd_train(parse_args(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""What a communicator is: the handful of operations distributed SGD needs.
+
+    comm.rank, comm.size              who am I, how many of us
+    comm.barrier()                    everyone waits until everyone is here
+    comm.allreduce(a, op="sum")       every rank gets  a_0 + a_1 + ... + a_{size-1}
+    comm.bcast(a, root=0)             every rank gets root's a
+    comm.allgather(a)                 every rank gets [a_0, a_1, ...]; 1-D, sizes may differ
+    comm.send(a, dest, tag)           point to point: one array to one rank
+    comm.recv(source, tag, dtype)     ... and its receipt (blocking; `timeout=` seconds)
+    comm.recv_any(tag, dtype)         (source, tag, array) from whoever sent first, or None
+                                      when nothing came within `timeout`
+
+Two implementations behave the same:
+
+* `comm_threads.ThreadComm` - ranks are threads of one process (`launch_threads(n, fn)`),
+  collectives meet at a `threading.Barrier`, messages go through per-rank mailboxes.
+  Reductions add the ranks' arrays in rank order, so results are reproducible run to run.
+* `comm_mpi.MPIComm` - ranks are processes started by `mpiexec`; mpi4py's buffer methods
+  (`Send`/`Recv`/`Allreduce`/`Allgatherv`) move the numpy arrays without pickling.
+
+Byte counting. `bytes_sent` counts what this rank hands to the communicator: the array of
+an allreduce, allgather or send (a bcast counts on the root only). That is the volume a rank
+contributes; the bytes on the wire also depend on the library's algorithm (a ring allreduce
+moves 2(N-1)/N of the array per rank), which is the same factor for dense and compressed
+runs, so ratios of `bytes_sent` are ratios of traffic.
+
+`ANY_SOURCE` / `ANY_TAG` are -1, as in MPI.
+"""
+import numpy as np
+
+ANY_SOURCE = -1
+ANY_TAG = -1
+
+
+class CommTimeout(TimeoutError):
+    """A blocking receive saw no matching message within its timeout."""
+
+
+class Communicator:
+    """The interface; subclasses implement the `_`-prefixed transport methods."""
+
+    rank = 0
+    size = 1
+
+    def __init__(self):
+        self.bytes_sent = 0
+        self.messages_sent = 0
+
+    # -- counting ------------------------------------------------------------------------
+    def _count(self, array):
+        self.bytes_sent += int(array.nbytes)
+        self.messages_sent += 1
+
+    # -- the API -------------------------------------------------------------------------
+    def barrier(self):
+        raise NotImplementedError
+
+    def allreduce(self, array, op="sum"):
+        raise NotImplementedError
+
+    def bcast(self, array, root=0):
+        raise NotImplementedError
+
+    def allgather(self, array):
+        raise NotImplementedError
+
+    def send(self, array, dest, tag=0):
+        raise NotImplementedError
+
+    def recv(self, source=ANY_SOURCE, tag=ANY_TAG, dtype=np.float32, timeout=None):
+        """The next array from `source` with `tag`; raises CommTimeout after `timeout` s."""
+        got = self.recv_any(source=source, tag=tag, dtype=dtype, timeout=timeout)
+        if got is None:
+            raise CommTimeout(f"rank {self.rank}: nothing from source {source} tag {tag} "
+                              f"within {timeout} s")
+        return got[2]
+
+    def recv_any(self, source=ANY_SOURCE, tag=ANY_TAG, dtype=np.float32, timeout=None):
+        """(source, tag, array) of the first matching message, or None after `timeout` s."""
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+def check_op(op):
+    if op not in ("sum", "max", "min"):
+        raise ValueError(f"allreduce: unknown op {op!r}; expected 'sum', 'max' or 'min'")
+    return op
+
+
+# ---------------------------------------------------------------------------- messages
+# Point-to-point messages of the parameter server are one float32 array each: a few int32
+# header fields (worker, sequence number, version, ...) whose *bits* are stored in float32
+# slots, followed by the payload. Reinterpreting bits (a view, not a conversion) is exact
+# for every int32, so the header survives the trip unchanged.
+
+
+def pack(header, payload=None):
+    """float32 message = int32 header bits + float32 payload."""
+    head = np.asarray(header, dtype=np.int32).view(np.float32)
+    if payload is None:
+        return head.copy()
+    return np.concatenate([head, np.asarray(payload, dtype=np.float32).ravel()])
+
+
+def unpack(message, n_header):
+    """(int32 header array, float32 payload view) of a `pack`ed message."""
+    message = np.ascontiguousarray(message, dtype=np.float32)
+    return message[:n_header].view(np.int32), message[n_header:]

@@ -1,0 +1,120 @@
+"""Pieces every strategy shares: who reads which samples, gradients, flat vectors.
+
+Data. All strategies walk the *same* global batch order as single-worker training: the
+`DataLoader` permutation of epoch e, `default_rng([seed, e]).permutation(n)`, cut into
+global batches of `batch_size`. Worker w of W takes the w-th contiguous slice of each global
+batch (`np.array_split(batch, W)[w]`), so the W slices together are exactly the batch one
+worker would have used.
+
+    global batch  [ i0 i1 i2 i3 i4 i5 i6 i7 ]       batch_size 8, W = 3
+    worker 0      [ i0 i1 i2 ]
+    worker 1               [ i3 i4 i5 ]
+    worker 2                        [ i6 i7 ]
+
+Gradients. A worker's loss is the mean over its slice, so its gradient g_w is a mean over
+n_w samples; the global mean is  sum_w n_w g_w / n.  `weighted_flat_grad` returns
+n_w/n * g_w as one flat vector, and an allreduce-sum of those is the global gradient.
+"""
+import copy
+
+import numpy as np
+
+from .. import functional as F
+from ..data.loader import DataLoader
+from ..tensor import Tensor
+
+
+class ShardedBatches:
+    """This worker's slice of every global batch, in the single-worker order."""
+
+    def __init__(self, train_data, batch_size, seed, shard, num_shards, transform=None):
+        self.X, self.y = train_data
+        self.batch_size, self.shard, self.num_shards = batch_size, shard, num_shards
+        self.transform = transform
+        # The loader is used for its order only (one definition of "epoch e's order").
+        self.loader = DataLoader((self.X, self.y), batch_size=batch_size, shuffle=True,
+                                 seed=seed, num_workers=0)
+
+    def __len__(self):
+        return len(self.loader)  # global batches per epoch
+
+    def epoch(self, epoch):
+        """Yield (step, xb, yb, n_global) for my slice of each global batch of `epoch`;
+        xb/yb are empty (None) when my slice of a small last batch is empty."""
+        order = self.loader.order(epoch)
+        b = self.batch_size
+        for step in range(len(self)):
+            batch = order[step * b:(step + 1) * b]
+            mine = np.array_split(batch, self.num_shards)[self.shard]
+            if len(mine) == 0:
+                yield step, None, None, len(batch)
+                continue
+            xb, yb = self.X[mine], self.y[mine]
+            if self.transform is not None:
+                xb, yb = self.transform((xb, yb))
+            yield step, xb, yb, len(batch)
+
+
+def compute_gradients(model, xb, yb):
+    """Forward, loss, backward on one batch: leaves each p.grad (mean over the batch).
+    Returns (loss value, number correct)."""
+    model.zero_grad()
+    logits = model(Tensor(xb))
+    loss = F.cross_entropy(logits, yb)
+    loss.backward()
+    return float(loss.data), int((logits.data.argmax(axis=1) == yb).sum())
+
+
+def zero_grads(params):
+    for p in params:
+        p.grad = np.zeros_like(p.data)
+
+
+def flat_grad(params):
+    """All gradients as one float32 vector (zeros where a gradient is missing)."""
+    return np.concatenate([(p.grad if p.grad is not None else np.zeros_like(p.data)).ravel()
+                           for p in params]).astype(np.float32, copy=False)
+
+
+def flat_params(params):
+    return np.concatenate([p.data.ravel() for p in params]).astype(np.float32, copy=False)
+
+
+def load_flat(params, flat):
+    """Copy a flat vector into the parameters' arrays, in place."""
+    offset = 0
+    for p in params:
+        n = p.size
+        p.data[...] = flat[offset:offset + n].reshape(p.shape)
+        offset += n
+
+
+def split_flat(params, flat):
+    """Views of a flat vector shaped like each parameter."""
+    out, offset = [], 0
+    for p in params:
+        out.append(flat[offset:offset + p.size].reshape(p.shape))
+        offset += p.size
+    return out
+
+
+def replica(model):
+    """An independent copy of a model (its own parameters, same values)."""
+    return copy.deepcopy(model)
+
+
+def shared_view(model):
+    """A copy of `model` whose Parameters share their arrays with `model`'s.
+
+    Each Hogwild thread gets one: its backward writes `.grad` of its own Parameter objects
+    (no thread sees another's gradients), while `p.data -= lr * g` writes the one shared
+    array that every thread reads.
+    """
+    view = copy.deepcopy(model)
+    for (_, mine), (_, shared) in zip(view.named_parameters(), model.named_parameters()):
+        mine.data = shared.data
+    return view
+
+
+def num_bytes(params, dtype=np.float32):
+    return sum(p.size for p in params) * np.dtype(dtype).itemsize

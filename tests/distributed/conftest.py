@@ -1,0 +1,8 @@
+"""Fixtures for the distributed tests."""
+import pytest
+from dist_helpers import split
+
+
+@pytest.fixture
+def task():
+    return split()

@@ -1,0 +1,133 @@
+"""The thread communicator: collectives, point to point, byte counts, failure."""
+import threading
+
+import numpy as np
+import pytest
+
+from minigrad.distributed.comm import CommTimeout, pack, unpack
+from minigrad.distributed.comm_threads import launch_threads
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_allreduce_sum_max_min_and_same_bits_everywhere(n):
+    def fn(comm):
+        a = np.arange(5, dtype=np.float32) * (comm.rank + 1) + 0.1
+        return (comm.allreduce(a), comm.allreduce(a, op="max"), comm.allreduce(a, op="min"),
+                comm.bytes_sent)
+
+    results = launch_threads(n, fn)
+    base = np.arange(5, dtype=np.float32)
+    expect = np.zeros(5, np.float32)
+    for r in range(n):  # rank order, as the implementation promises
+        expect += base * (r + 1) + np.float32(0.1)
+    for s, mx, mn, sent in results:
+        np.testing.assert_array_equal(s, expect)
+        np.testing.assert_array_equal(s, results[0][0])
+        np.testing.assert_array_equal(mx, base * n + np.float32(0.1))
+        np.testing.assert_array_equal(mn, base + np.float32(0.1))
+        assert sent == 3 * 5 * 4
+
+
+def test_allreduce_is_deterministic_across_runs():
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(4, 1000)).astype(np.float32) * 1e3
+
+    def fn(comm):
+        return comm.allreduce(data[comm.rank])
+
+    a, b = launch_threads(4, fn)[0], launch_threads(4, fn)[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_allgather_variable_sizes_and_dtypes():
+    def fn(comm):
+        idx = np.arange(comm.rank * 2, dtype=np.int32)  # rank r sends 2r elements
+        return comm.allgather(idx), comm.bytes_sent
+
+    for rank, (gathered, sent) in enumerate(launch_threads(3, fn)):
+        assert sent == 2 * rank * 4  # this rank's own contribution
+        assert [len(g) for g in gathered] == [0, 2, 4]
+        assert all(g.dtype == np.int32 for g in gathered)
+        np.testing.assert_array_equal(gathered[2], [0, 1, 2, 3])
+
+
+def test_bcast_and_barrier():
+    def fn(comm):
+        got = comm.bcast(np.full(3, comm.rank + 7.0), root=1)
+        comm.barrier()
+        return got
+
+    for got in launch_threads(3, fn):
+        np.testing.assert_array_equal(got, [8.0, 8.0, 8.0])
+
+
+def test_send_recv_by_source_and_tag_and_recv_any():
+    def fn(comm):
+        if comm.rank == 0:
+            a = comm.recv(source=2, tag=5)   # arrives after rank 1's, asked for first
+            b = comm.recv(source=1, tag=5)
+            src, tag, c = comm.recv_any(tag=9)
+            return a, b, (src, tag, c)
+        comm.send(np.full(2, comm.rank, np.float32), 0, tag=5)
+        if comm.rank == 1:
+            comm.send(np.array([42.0], np.float32), 0, tag=9)
+        return None
+
+    a, b, (src, tag, c) = launch_threads(3, fn)[0]
+    np.testing.assert_array_equal(a, [2, 2])
+    np.testing.assert_array_equal(b, [1, 1])
+    assert (src, tag) == (1, 9) and c[0] == 42.0
+
+
+def test_send_copies_the_array():
+    def fn(comm):
+        if comm.rank == 1:
+            a = np.zeros(3, np.float32)
+            comm.send(a, 0)
+            a += 5  # must not change the message
+            comm.barrier()
+            return None
+        comm.barrier()
+        return comm.recv(1)
+
+    np.testing.assert_array_equal(launch_threads(2, fn)[0], [0, 0, 0])
+
+
+def test_recv_timeout():
+    def fn(comm):
+        assert comm.recv_any(timeout=0.05) is None
+        with pytest.raises(CommTimeout):
+            comm.recv(source=0, tag=3, timeout=0.05)
+        return True
+
+    assert launch_threads(1, fn) == [True]
+
+
+def test_a_failing_rank_breaks_the_barrier_and_is_reported():
+    def fn(comm):
+        if comm.rank == 1:
+            raise ValueError("boom")
+        comm.allreduce(np.ones(2))  # would wait forever without the abort
+        return True
+
+    with pytest.raises(RuntimeError, match="rank 1 of 3 failed: ValueError: boom"):
+        launch_threads(3, fn)
+
+
+def test_without_abort_a_failed_rank_returns_its_exception():
+    def fn(comm):
+        if comm.rank == 1:
+            raise KeyError("x")
+        return comm.rank
+
+    res = launch_threads(3, fn, abort_on_error=False)
+    assert res[0] == 0 and res[2] == 2 and isinstance(res[1], KeyError)
+    assert not any(t.name.startswith("rank-") for t in threading.enumerate())
+
+
+def test_pack_unpack_keeps_int32_bits_exactly():
+    header = [0, -1, 2**31 - 1, -(2**31), 0x7FC00001]  # includes NaN bit patterns
+    msg = pack(header, np.arange(3, dtype=np.float32))
+    h, payload = unpack(msg.copy(), len(header))
+    assert h.tolist() == header
+    np.testing.assert_array_equal(payload, [0, 1, 2])
