@@ -28,6 +28,7 @@ Numba's threading layer is chosen in `kernels/_numba.py` ("threadsafe": tbb or o
 kernels may be called from several Python threads at once.
 """
 import importlib
+import inspect
 
 import numpy as np
 
@@ -171,28 +172,43 @@ def _contiguous(a, backend):
     return np.ascontiguousarray(a)
 
 
-def _call(module, direction, backend, *args):
-    if backend == "cupy":
-        return getattr(module, direction)(*args)
-    return getattr(module, f"{direction}_{backend}")(*args)
+_ACCEPTS = {}
+
+
+def _call(module, direction, backend, *args, **options):
+    """Run module.<direction>_<backend>(*args), passing only the options it accepts."""
+    fn = getattr(module, direction if backend == "cupy" else f"{direction}_{backend}")
+    if options:
+        if fn not in _ACCEPTS:
+            _ACCEPTS[fn] = frozenset(inspect.signature(fn).parameters)
+        options = {k: v for k, v in options.items() if k in _ACCEPTS[fn]}
+    return fn(*args, **options)
 
 
 # --------------------------------------------------------------------------- convolution
 
 
-def conv2d_forward(x, w, stride=1, padding=0, algo="im2col", backend="numba"):
+def conv2d_forward(x, w, stride=1, padding=0, algo="im2col", backend="numba", saved=None):
     """y[n, m, oh, ow] = sum_{c,kh,kw} w[m, c, kh, kw] * xpad[n, c, oh*sh + kh, ow*sw + kw].
 
     x: (N, C, H, W); w: (M, C, KH, KW); returns y: (N, M, Ho, Wo) of x's dtype.
+    saved: optional dict handed on to conv2d_backward; an algorithm that can reuse its
+    lowered input in the backward pass (im2col) leaves it there instead of lowering twice.
     """
     op = "conv2d_forward"
     stride, padding = _check_conv(op, x, w, stride, padding, algo, backend)
     x, w = _contiguous(x, backend), _contiguous(w, backend)
-    return _call(_module(algo, backend), "forward", backend, x, w, stride, padding)
+    options = {} if saved is None else {"saved": saved}
+    return _call(_module(algo, backend), "forward", backend, x, w, stride, padding, **options)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, algo="im2col", backend="numba"):
-    """Gradients (dx, dw) of sum(dy * conv2d_forward(x, w)) with respect to x and w."""
+def conv2d_backward(dy, x, w, stride=1, padding=0, algo="im2col", backend="numba", saved=None,
+                    need_dx=True):
+    """Gradients (dx, dw) of sum(dy * conv2d_forward(x, w)) with respect to x and w.
+
+    saved: the dict given to conv2d_forward, if any. need_dx=False: dx is not wanted (the
+    input needs no gradient); algorithms that can skip its GEMM do, and dx is None.
+    """
     op = "conv2d_backward"
     stride, padding = _check_conv(op, x, w, stride, padding, algo, backend)
     _check_4d(op, "dy", dy, "(N, M, Ho, Wo)")
@@ -208,7 +224,12 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="im2col", backend="numba
             f"{np.dtype(x.dtype)} {_shape(x)}"
         )
     dy, x, w = (_contiguous(a, backend) for a in (dy, x, w))
-    return _call(_module(algo, backend), "backward", backend, dy, x, w, stride, padding)
+    options = {} if saved is None else {"saved": saved}
+    if not need_dx:
+        options["need_dx"] = False
+    dx, dw = _call(_module(algo, backend), "backward", backend, dy, x, w, stride, padding,
+                   **options)
+    return (dx if need_dx else None), dw
 
 
 def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, dtype=np.float32):

@@ -77,8 +77,11 @@ def _gemm_forward(w, cols, n, ho, wo):
     return y
 
 
-def _gemm_backward(dy, w, cols):
-    """dw = dY_mat @ cols^T and dcols = W_mat^T @ dY_mat, with dY_mat = dy as (M, N*HoWo)."""
+def _gemm_backward(dy, w, cols, need_dx=True):
+    """dw = dY_mat @ cols^T and dcols = W_mat^T @ dY_mat, with dY_mat = dy as (M, N*HoWo).
+
+    dcols is skipped (None) when the input needs no gradient, e.g. a network's first layer.
+    """
     n, m, ho, wo = dy.shape
     w_mat = w.reshape(m, -1)
     if n == 1:
@@ -89,7 +92,7 @@ def _gemm_backward(dy, w, cols):
         dy_mat = dy_mat.reshape(m, n * ho * wo)
     dw = np.empty_like(w)
     np.matmul(dy_mat, cols.T, out=dw.reshape(m, -1))  # (M, CKK)
-    dcols = w_mat.T @ dy_mat  # (CKK, N*HoWo)
+    dcols = w_mat.T @ dy_mat if need_dx else None  # (CKK, N*HoWo)
     return dw, dcols
 
 
@@ -123,19 +126,29 @@ def col2im_numpy(dcols, x_shape, kh, kw, stride, padding):
     return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + wd])
 
 
-def forward_numpy(x, w, stride, padding):
+# `saved`: a dict the caller may pass to forward and then to backward (the engine does, one
+# per graph node); forward leaves `cols` in it and backward takes it back instead of lowering
+# x again, as autograd engines save tensors for the backward pass. Without it the backward
+# recomputes cols. `need_dx=False` skips the data-gradient GEMM and col2im (returns None).
+
+
+def forward_numpy(x, w, stride, padding, saved=None):
     n, _, h, wd = x.shape
     _, _, kh, kw = w.shape
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
     cols = im2col_numpy(x, kh, kw, stride, padding)
+    if saved is not None:
+        saved["cols"] = cols
     return _gemm_forward(w, cols, n, ho, wo)
 
 
-def backward_numpy(dy, x, w, stride, padding):
+def backward_numpy(dy, x, w, stride, padding, saved=None, need_dx=True):
     kh, kw = w.shape[2:]
-    cols = im2col_numpy(x, kh, kw, stride, padding)  # recomputed: the API keeps no state
-    dw, dcols = _gemm_backward(dy, w, cols)
-    dx = col2im_numpy(dcols, x.shape, kh, kw, stride, padding)
+    cols = saved.pop("cols", None) if saved else None
+    if cols is None:
+        cols = im2col_numpy(x, kh, kw, stride, padding)
+    dw, dcols = _gemm_backward(dy, w, cols, need_dx)
+    dx = col2im_numpy(dcols, x.shape, kh, kw, stride, padding) if need_dx else None
     return dx, dw
 
 
@@ -216,17 +229,21 @@ def col2im_numba(dcols, x_shape, kh, kw, stride, padding):
     return dx
 
 
-def forward_numba(x, w, stride, padding):
+def forward_numba(x, w, stride, padding, saved=None):
     n, _, h, wd = x.shape
     _, _, kh, kw = w.shape
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
     cols = im2col_numba(x, kh, kw, stride, padding)
+    if saved is not None:
+        saved["cols"] = cols
     return _gemm_forward(w, cols, n, ho, wo)
 
 
-def backward_numba(dy, x, w, stride, padding):
+def backward_numba(dy, x, w, stride, padding, saved=None, need_dx=True):
     kh, kw = w.shape[2:]
-    cols = im2col_numba(x, kh, kw, stride, padding)
-    dw, dcols = _gemm_backward(dy, w, cols)
-    dx = col2im_numba(dcols, x.shape, kh, kw, stride, padding)
+    cols = saved.pop("cols", None) if saved else None
+    if cols is None:
+        cols = im2col_numba(x, kh, kw, stride, padding)
+    dw, dcols = _gemm_backward(dy, w, cols, need_dx)
+    dx = col2im_numba(dcols, x.shape, kh, kw, stride, padding) if need_dx else None
     return dx, dw

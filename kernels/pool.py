@@ -19,7 +19,7 @@ gradient only ever lands in its own plane.
 import numpy as np
 
 from ._common import out_size
-from ._numba import njit, prange
+from ._numba import njit, prange, uintp
 
 # --------------------------------------------------------------------------- NumPy reference
 
@@ -55,37 +55,40 @@ def backward_numpy(dy, argmax, x_shape, kernel, stride):
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _forward_kernel(x, kh, kw, sh, sw, y, argmax):
+    # One job per (n, c) plane. Flat views and unsigned offsets, as in im2col's copy loops
+    # (see "Indexing" in kernels/_numba.py): 4-D indexing here was 4x slower.
     n_img, c_in, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
+    xf, yf, af = x.ravel(), y.ravel(), argmax.ravel()
     for job in prange(n_img * c_in):
-        n = job // c_in
-        c = job % c_in
+        src = uintp(job * h * w)  # x[n, c, 0, 0]
+        dst = uintp(job * ho * wo)  # y[n, c, 0, 0]
         for oh in range(ho):
             for ow in range(wo):
-                h0 = oh * sh
-                w0 = ow * sw
-                best = x[n, c, h0, w0]
-                arg = h0 * w + w0
+                corner = oh * sh * w + ow * sw  # window's top-left, within the plane
+                best = xf[src + uintp(corner)]
+                arg = corner
                 for i in range(kh):
+                    row = corner + i * w
                     for j in range(kw):
-                        v = x[n, c, h0 + i, w0 + j]
+                        v = xf[src + uintp(row + j)]
                         if v > best:  # strict: keeps the first maximum
                             best = v
-                            arg = (h0 + i) * w + w0 + j
-                y[n, c, oh, ow] = best
-                argmax[n, c, oh, ow] = arg
+                            arg = row + j
+                out = dst + uintp(oh * wo + ow)
+                yf[out] = best
+                af[out] = arg
 
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _backward_kernel(dy, argmax, dx):
     # dx viewed as (N*C, H*W); one plane per job, so the += below never races
     n_img, c_in, ho, wo = dy.shape
+    dyf, af = dy.ravel(), argmax.ravel()
     for job in prange(n_img * c_in):
-        n = job // c_in
-        c = job % c_in
-        for oh in range(ho):
-            for ow in range(wo):
-                dx[job, argmax[n, c, oh, ow]] += dy[n, c, oh, ow]
+        base = uintp(job * ho * wo)
+        for k in range(ho * wo):
+            dx[job, af[base + uintp(k)]] += dyf[base + uintp(k)]
 
 
 def forward_numba(x, kernel, stride):

@@ -1,0 +1,35 @@
+"""conv2d_forward(saved=...) / conv2d_backward(saved=..., need_dx=False): the engine's options."""
+import numpy as np
+import pytest
+
+import kernels
+
+
+@pytest.mark.parametrize("algo", kernels.ALGORITHMS)
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_saved_lowering_and_need_dx(algo, backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6))
+    w = rng.standard_normal((4, 3, 3, 2))
+    kw = dict(stride=(2, 1), padding=(1, 0), algo=algo, backend=backend)
+    y_plain = kernels.conv2d_forward(x, w, **kw)
+    saved = {}
+    y = kernels.conv2d_forward(x, w, saved=saved, **kw)
+    np.testing.assert_array_equal(y, y_plain)
+    dy = rng.standard_normal(y.shape)
+    dx_ref, dw_ref = kernels.conv2d_backward(dy, x, w, **kw)
+    dx, dw = kernels.conv2d_backward(dy, x, w, saved=saved, **kw)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)
+    assert not saved  # the backward took what the forward left
+    none, dw2 = kernels.conv2d_backward(dy, x, w, need_dx=False, **kw)
+    assert none is None
+    np.testing.assert_allclose(dw2, dw_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_im2col_keeps_its_patch_matrix():
+    x = np.ones((1, 2, 5, 5), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    saved = {}
+    kernels.conv2d_forward(x, w, padding=1, algo="im2col", saved=saved)
+    assert saved["cols"].shape == (2 * 3 * 3, 25)
