@@ -41,6 +41,8 @@ def _build_task(args):
 
 
 def cmd_train(args):
+    from . import config
+
     if getattr(args, "strategy", None):
         from .distributed.cli import cmd_train as distributed_train
 
@@ -73,7 +75,8 @@ def cmd_train(args):
         return 3
     summary = {"task": args.task, "optimizer": args.optimizer, "lr": args.lr,
                "batch_size": args.batch_size, "workers": args.workers, "seed": args.seed,
-               "device": args.device, **({"conv": args.conv} if args.task == "mnist" else {}),
+               "device": args.device,
+               **({"conv": args.conv or config.conv_algo} if args.task == "mnist" else {}),
                **summary, "wall_seconds": time.perf_counter() - t0}
     if args.json:
         if not args.history:
@@ -130,7 +133,8 @@ def build_parser():
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    t.add_argument("--workers", type=int, default=4, help="data-loader threads; with --strategy, training workers")
+    t.add_argument("--workers", type=int, default=4,
+                   help="data-loader threads; with --strategy, training workers")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--conv", default=None, help="convolution algorithm (mnist)")

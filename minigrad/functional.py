@@ -98,8 +98,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, algo=None, backend=None):
         backend = "cupy"
     else:
         backend = backend or config.conv_backend
+    saved = {}  # what the forward lowering keeps for the backward (im2col: its patch matrix)
     y = kernels.conv2d_forward(x.data, weight.data, stride=stride, padding=padding,
-                               algo=algo, backend=backend)
+                               algo=algo, backend=backend,
+                               saved=saved if weight.requires_grad else None)
     if bias is not None:
         _check_same_device("conv2d", x, bias)
         if bias.shape != (weight.shape[0],):
@@ -110,7 +112,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, algo=None, backend=None):
 
     def backward(g):
         dx, dw = kernels.conv2d_backward(g, x.data, weight.data, stride=stride,
-                                         padding=padding, algo=algo, backend=backend)
+                                         padding=padding, algo=algo, backend=backend,
+                                         saved=saved, need_dx=x.requires_grad)
         if bias is None:
             return dx, dw
         return dx, dw, g.sum(axis=(0, 2, 3))

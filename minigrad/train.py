@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import functional as F
+from .allocator import retain_freed_memory
 from .backend import to_device
 from .checkpoint import load_checkpoint, save_checkpoint
 from .tensor import Tensor, no_grad
@@ -68,6 +69,7 @@ def fit(model, optimizer, loader, test_data, epochs, *, eval_transform=None, dev
     the epoch the loop spent waiting on the loader.
     """
     meta = dict(meta or {})
+    retain_freed_memory()  # reuse each step's large buffers instead of faulting them in again
     start_epoch = 0
     if resume is not None:
         state = load_checkpoint(resume, model, optimizer)
