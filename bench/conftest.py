@@ -21,3 +21,17 @@ def sgemm_gflops():
         a @ a
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+@pytest.fixture(scope="session", autouse=True)
+def steady_allocator():
+    """The allocator settings minigrad's training loop uses, for every engine in the session.
+
+    Once PyTorch has run in a process, glibc returns freed blocks to the kernel and every
+    large temporary page-faults back in (thousands of faults per MNIST step, for PyTorch and
+    minigrad alike); see minigrad/allocator.py. Applying the same settings for the whole
+    session keeps the comparison about the engines, not about who ran first.
+    """
+    from minigrad.allocator import retain_freed_memory
+
+    retain_freed_memory()

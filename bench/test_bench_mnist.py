@@ -1,0 +1,78 @@
+"""One MNIST CNN training step at batch 64 (forward, backward, Adam), minigrad with each
+convolution algorithm vs PyTorch, in one session; and a full iris-sized comparison lives in
+test_bench_iris.py.
+
+    pytest bench/test_bench_mnist.py --benchmark-group-by=group
+
+Both engines start from the same weights and see the same batch. The session's allocator
+settings (bench/conftest.py) apply to both.
+"""
+import numpy as np
+import pytest
+
+import kernels
+import minigrad as mg
+from minigrad import functional as F
+from minigrad.data.mnist import load_mnist
+from minigrad.data.transforms import mnist_normalize
+from minigrad.models import MnistCNN
+from minigrad.optim import Adam
+
+torch = pytest.importorskip("torch")
+ref = pytest.importorskip("bench.torch_reference")
+
+ALGOS = [a for a in kernels.ALGORITHMS if a != "direct"]  # direct: the oracle, seconds/step
+
+
+def _step_flops():
+    """Forward + weight-gradient + data-gradient GEMM flops of conv2 and the dense layers, plus
+    conv1's forward and weight gradient (its input needs no gradient)."""
+    conv1 = 2 * 64 * 32 * 28 * 28 * 1 * 9
+    conv2 = 2 * 64 * 64 * 14 * 14 * 32 * 9
+    fc = 2 * 64 * (3136 * 128 + 128 * 64 + 64 * 10)
+    return 2 * conv1 + 3 * conv2 + 3 * fc
+
+
+@pytest.fixture(scope="module")
+def batch():
+    X, y, _, _ = load_mnist()
+    return mnist_normalize((X[:64], y[:64]))
+
+
+@pytest.mark.benchmark(group="mnist-train-step-b64")
+@pytest.mark.parametrize("engine", ["pytorch"] + [f"minigrad-{a}" for a in ALGOS])
+def test_mnist_train_step(benchmark, batch, engine, sgemm_gflops):
+    x, y = batch
+    mg.manual_seed(0)
+    if engine == "pytorch":
+        model = ref.copy_weights(ref.TorchMnistCNN(), MnistCNN())
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def step():
+            loss = torch.nn.functional.cross_entropy(model(tx), ty)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.item()
+    else:
+        model = MnistCNN(algo=engine.split("-", 1)[1])
+        opt = Adam(model.parameters(), lr=1e-3)
+
+        def step():
+            loss = F.cross_entropy(model(mg.Tensor(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+    for _ in range(3):
+        step()  # warm-up: Numba compilation, BLAS threads
+    loss = benchmark.pedantic(step, rounds=30, iterations=1)
+    flops = _step_flops()
+    benchmark.extra_info.update(
+        engine="pytorch" if engine == "pytorch" else "minigrad", task="mnist-step",
+        algo="-" if engine == "pytorch" else engine.split("-", 1)[1], backend="numba",
+        device="cpu", flops=flops, gflops=flops / benchmark.stats.stats.mean / 1e9,
+        sgemm_gflops=sgemm_gflops)
+    assert np.isfinite(loss)
