@@ -232,14 +232,18 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="im2col", backend="numba
     return (dx if need_dx else None), dw
 
 
-def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, dtype=np.float32):
+def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, dtype=np.float32,
+                    backend="numba"):
     """Bytes of lowering buffers `algo` allocates in its forward pass (beyond x, w and y).
 
-    Each module documents its formula in its header; the NumPy references may also make a
-    zero-padded copy of x, which is not counted (see the module headers).
+    Each module documents its formula in its header. Where a backend allocates differently
+    (the Numba kn2row family works on chunks of images) the module has a
+    `workspace_bytes_<backend>` and that is what is returned for that backend. The NumPy
+    references may also make a zero-padded copy of x, which is not counted.
     """
     op = "workspace_bytes"
     _check_choice(op, "algo", algo, ALGORITHMS)
+    _check_choice(op, "backend", backend, BACKENDS)
     x_shape, w_shape = tuple(int(s) for s in x_shape), tuple(int(s) for s in w_shape)
     if len(x_shape) != 4 or len(w_shape) != 4:
         raise ValueError(f"{op}: x_shape and w_shape must be 4-D, got {x_shape} and {w_shape}")
@@ -248,7 +252,12 @@ def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, dtype=np.float3
     stride = _check_pair(op, "stride", stride, 1)
     padding = _check_pair(op, "padding", padding, 0)
     itemsize = np.dtype(dtype).itemsize
-    return int(_module(algo, "numpy").workspace_bytes(x_shape, w_shape, stride, padding, itemsize))
+    module = _module(algo, "numpy")
+    formula = getattr(module, f"workspace_bytes_{backend}", module.workspace_bytes)
+    if backend == "cupy":  # shape arithmetic only: needs no GPU
+        formula = importlib.import_module(f"kernels.cuda.{module.__name__.split('.')[-1]}")
+        formula = formula.workspace_bytes
+    return int(formula(x_shape, w_shape, stride, padding, itemsize))
 
 
 # --------------------------------------------------------------------------- max pooling

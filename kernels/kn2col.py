@@ -39,16 +39,15 @@ transposed):
 Backward: Wc, dP, a dWc accumulator and one per-image dWc:
     itemsize * KH*KW*Cout * (3*Cin + H*W).
 
-NumPy reference and Numba side by side; the Numba shift-add is one fused pass per output row
-(prange over output rows: each iteration owns its row of every channel), summing the K*K
-M-vectors in a small row buffer before writing them out channel-major.
+NumPy reference and Numba side by side; the Numba shift-add is one fused pass per chunk of
+images (prange over (image, output row): each iteration owns its row of every channel),
+summing the K*K M-vectors in a small row buffer before writing them out channel-major.
 """
 import numpy as np
-from numba import njit, prange
 
-from kernels import _numba  # noqa: F401  (sets Numba's threading layer)
 from kernels._common import out_size
-from kernels.kn2row import input_slice, span, span_nb
+from kernels._numba import njit, prange, uintp, valid_range  # sets the threading layer
+from kernels.kn2row import SMALL_C, chunk_images, input_slice, span
 
 
 def kernel_matrix_t(w):
@@ -130,57 +129,102 @@ def backward_workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
 # --------------------------------------------------------------------------------------------
 # Numba
 # --------------------------------------------------------------------------------------------
+# The Numba path: the same GEMMs through NumPy's BLAS (np.matmul from Python, stacked over a
+# chunk of images, as many as fit kn2row.CHUNK_BYTES of partial maps), and ONE parallel
+# Numba kernel per chunk for the shift-add (forward) or the gather (backward), over the
+# chunk's (b, row) pairs. Measured on the project machine (2 cores): the per-image loop in one
+# compiled driver (np.dot inside njit = SciPy's BLAS, one parallel launch per image) was
+# slower; with C <= kn2row.SMALL_C the GEMM is an outer product (K = C) and a Numba loop
+# beats BLAS. The Numba forward therefore holds bs images' partials (workspace_bytes
+# describes the NumPy reference). Flat views + unsigned offsets: see kernels/_numba.py.
 @njit(parallel=True, cache=True)
-def _shift_add_nb(p5, y, sh, sw, ph, pw):
-    """y[:, oh, :] = sum over taps of the clipped, strided M-vectors of p5; one row each."""
-    h, wd, kh, kw, m = p5.shape
-    _, ho, wo = y.shape
-    for oh in prange(ho):
-        acc = np.zeros((wo, m), dtype=y.dtype)                    # this row, channels-last
+def _small_gemm_t_nb(x3, wc, p):
+    """p[b] = x3[b]^T @ wc for tiny C: one (b, pixel) row of KH*KW*M per iteration."""
+    bs, c, hw = x3.shape
+    cols = wc.shape[1]
+    pf = p.ravel()
+    xf = x3.ravel()
+    wf = wc.ravel()
+    for job in prange(bs * hw):
+        b = job // hw
+        q = job % hw
+        dst = uintp(job * cols)
+        x0 = xf[uintp(b * c * hw + q)]
+        for r in range(cols):
+            pf[dst + uintp(r)] = x0 * wf[uintp(r)]
+        for cc in range(1, c):
+            xv = xf[uintp((b * c + cc) * hw + q)]
+            for r in range(cols):
+                pf[dst + uintp(r)] += xv * wf[uintp(cc * cols + r)]
+
+
+@njit(parallel=True, cache=True)
+def _shift_add_nb(p, y, h, wd, kh, kw, sh, sw, ph, pw):
+    """y[b, :, oh, :] = sum over taps of the clipped, strided M-vectors of P[b]; one row each.
+
+    p: (bs, H*W, KH*KW*M) flat per image; y: (bs, M, Ho, Wo). Each iteration owns one output
+    row (b, oh) of every channel; it sums in a channels-last row buffer, then writes it out
+    channel-major.
+    """
+    bs, m, ho, wo = y.shape
+    kkm = kh * kw * m
+    pf = p.ravel()
+    yf = y.ravel()
+    for job in prange(bs * ho):
+        b = job // ho
+        oh = job % ho
+        acc = np.zeros(wo * m, dtype=y.dtype)               # this row, channels-last
         for i in range(kh):
             ih = oh * sh - ph + i
             if ih < 0 or ih >= h:
                 continue
             for j in range(kw):
-                ow0, ow1, iw0 = span_nb(wo, wd, j - pw, sw)
-                for ow in range(ow0, ow1):
-                    iw = iw0 + (ow - ow0) * sw
-                    for mm in range(m):                           # contiguous M-vector
-                        acc[ow, mm] += p5[ih, iw, i, j, mm]
-        for mm in range(m):                                       # back to channel-major
+                lo, hi = valid_range(j, pw, sw, wd, wo)
+                for ow in range(lo, hi):
+                    iw = ow * sw + j - pw
+                    src = uintp((b * h * wd + ih * wd + iw) * kkm + (i * kw + j) * m)
+                    dst = uintp(ow * m)
+                    for mm in range(m):                     # contiguous M-vector
+                        acc[dst + uintp(mm)] += pf[src + uintp(mm)]
+        for mm in range(m):                                 # back to channel-major
+            base = uintp(((b * m + mm) * ho + oh) * wo)
             for ow in range(wo):
-                y[mm, oh, ow] = acc[ow, mm]
+                yf[base + uintp(ow)] = acc[uintp(ow * m + mm)]
 
 
 @njit(parallel=True, cache=True)
-def _gather_nb(dy, dp5, sh, sw, ph, pw):
-    """dP = S^T(dy) in the partial-map layout; each input row ih is one iteration's alone."""
-    h, wd, kh, kw, m = dp5.shape
-    _, ho, wo = dy.shape
-    for ih in prange(h):
-        for iw in range(wd):
-            for i in range(kh):
-                for j in range(kw):
-                    for mm in range(m):
-                        dp5[ih, iw, i, j, mm] = 0.0
+def _gather_nb(dy, dp, h, wd, kh, kw, sh, sw, ph, pw):
+    """dP = S^T(dy) in the partial-map layout; each (b, input row ih) is one iteration's."""
+    bs, m, ho, wo = dy.shape
+    kkm = kh * kw * m
+    dpf = dp.ravel()
+    dyf = dy.ravel()
+    for job in prange(bs * h):
+        b = job // h
+        ih = job % h
+        row = uintp(job * wd * kkm)
+        for e in range(wd * kkm):
+            dpf[row + uintp(e)] = 0.0
         for i in range(kh):
             a = ih + ph - i                          # = oh*sh when output row oh reads ih
-            oh = a // sh
-            if a < 0 or a % sh != 0 or oh >= ho:
+            if a < 0 or a % sh != 0 or a // sh >= ho:
                 continue
+            oh = a // sh
             for j in range(kw):
-                ow0, ow1, iw0 = span_nb(wo, wd, j - pw, sw)
-                for ow in range(ow0, ow1):
-                    iw = iw0 + (ow - ow0) * sw
+                lo, hi = valid_range(j, pw, sw, wd, wo)
+                for ow in range(lo, hi):
+                    iw = ow * sw + j - pw
+                    dst = row + uintp(iw * kkm + (i * kw + j) * m)
                     for mm in range(m):
-                        dp5[ih, iw, i, j, mm] = dy[mm, oh, ow]
+                        dpf[dst + uintp(mm)] = dyf[uintp(((b * m + mm) * ho + oh) * wo + ow)]
 
 
-@njit(cache=True)
-def _forward_nb(x3, wc, p, p5, y, sh, sw, ph, pw):
-    for b in range(x3.shape[0]):
-        np.dot(x3[b].T, wc, p)                     # BLAS: (H*W x C) @ (C x K*K*M)
-        _shift_add_nb(p5, y[b], sh, sw, ph, pw)
+def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
+    """The Numba forward's buffers: the kernel matrix + a chunk of images' partial maps."""
+    n, _, h, wd = x_shape
+    m, c, kh, kw = w_shape
+    bs = chunk_images(n, kh * kw * m * h * wd * itemsize)
+    return itemsize * kh * kw * m * (c + bs * h * wd)
 
 
 def forward_numba(x, w, stride, padding):
@@ -188,34 +232,42 @@ def forward_numba(x, w, stride, padding):
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
+    kkm = kh * kw * m
     wc = kernel_matrix_t(w)
-    p = np.empty((h * wd, kh * kw * m), dtype=x.dtype)
+    x3 = x.reshape(n, c, h * wd)
+    bs = chunk_images(n, kkm * h * wd * x.itemsize)
+    p = np.empty((bs, h * wd, kkm), dtype=x.dtype)
     y = np.empty((n, m, ho, wo), dtype=x.dtype)
-    _forward_nb(x.reshape(n, c, h * wd), wc, p, p.reshape(h, wd, kh, kw, m), y,
-                sh, sw, ph, pw)
+    for b0 in range(0, n, bs):
+        b1 = min(n, b0 + bs)
+        pb = p[:b1 - b0]
+        if c <= SMALL_C:
+            _small_gemm_t_nb(x3[b0:b1], wc, pb)
+        else:
+            np.matmul(x3[b0:b1].transpose(0, 2, 1), wc, out=pb)   # (H*W x C) @ (C x K*K*M)
+        _shift_add_nb(pb, y[b0:b1], h, wd, kh, kw, sh, sw, ph, pw)
     return y
-
-
-@njit(cache=True)
-def _backward_nb(dy, x3, wc, dp, dp5, dwc, t, dx3, sh, sw, ph, pw):
-    dpt = dp.T
-    for b in range(x3.shape[0]):
-        _gather_nb(dy[b], dp5, sh, sw, ph, pw)
-        np.dot(wc, dpt, dx3[b])                    # dx[n] = Wc dP^T
-        np.dot(x3[b], dp, t)                       # dWc += x[n] dP
-        dwc += t
 
 
 def backward_numba(dy, x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
+    kkm = kh * kw * m
     wc = kernel_matrix_t(w)
-    dp = np.empty((h * wd, kh * kw * m), dtype=x.dtype)
-    dwc = np.zeros((c, kh * kw * m), dtype=x.dtype)
-    t = np.empty((c, kh * kw * m), dtype=x.dtype)
+    x3 = x.reshape(n, c, h * wd)
+    bs = chunk_images(n, kkm * h * wd * x.itemsize)
+    dp = np.empty((bs, h * wd, kkm), dtype=x.dtype)
+    t = np.empty((bs, c, kkm), dtype=x.dtype)               # per-image dWc shares
+    dwc = np.zeros((c, kkm), dtype=x.dtype)
     dx = np.empty_like(x)
-    _backward_nb(dy, x.reshape(n, c, h * wd), wc, dp, dp.reshape(h, wd, kh, kw, m), dwc, t,
-                 dx.reshape(n, c, h * wd), sh, sw, ph, pw)
+    dx3 = dx.reshape(n, c, h * wd)
+    for b0 in range(0, n, bs):
+        b1 = min(n, b0 + bs)
+        dpb, tb = dp[:b1 - b0], t[:b1 - b0]
+        _gather_nb(dy[b0:b1], dpb, h, wd, kh, kw, sh, sw, ph, pw)
+        np.matmul(wc, dpb.transpose(0, 2, 1), out=dx3[b0:b1])    # dx[n] = Wc dP^T
+        np.matmul(x3[b0:b1], dpb, out=tb)                        # dWc += x[n] dP
+        dwc += tb.sum(axis=0) if b1 - b0 > 1 else tb[0]
     dw = np.ascontiguousarray(dwc.reshape(c, kh, kw, m).transpose(3, 0, 1, 2))
     return dx, dw

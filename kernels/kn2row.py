@@ -44,14 +44,14 @@ Backward allocates Wk, dP (same size as P), and two KH*KW*Cout x Cin buffers (th
 accumulator and one per-image GEMM result): itemsize * KH*KW*Cout * (3*Cin + H*W).
 
 The NumPy functions are the readable reference; the Numba ones run the same GEMMs through
-BLAS (np.dot inside njit) and replace the K*K slice-adds by one fused, parallel pass over
-the output planes (prange over output channels: each iteration owns its plane, no races).
+NumPy's BLAS, stacked over a chunk of images, and replace the K*K slice-adds (and the
+backward gather) by one fused, parallel pass per chunk over independent output planes (see
+the note above forward_numba's kernels; its partial holds a chunk of images, not one).
 """
 import numpy as np
-from numba import njit, prange
 
-from kernels import _numba  # noqa: F401  (sets Numba's threading layer)
 from kernels._common import out_size
+from kernels._numba import njit, prange, uintp, valid_range  # sets the threading layer
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,60 +157,139 @@ def backward_workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
 # --------------------------------------------------------------------------------------------
 # Numba
 # --------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
-def _shift_add_nb(p5, y, sh, sw, ph, pw):
-    """y[m] = sum_ij clipped, strided shift of p5[i, j, m]; one output plane per iteration.
+# The Numba path runs the same GEMMs as the reference, through NumPy's BLAS (np.matmul, from
+# Python, stacked over a chunk of images), and replaces the data movement with ONE parallel
+# kernel per chunk: the K*K shift-adds (forward) and the gather dP = S^T(dy) (backward).
+# Measured on the project machine (2 cores, OpenBLAS): np.dot called from inside njit goes
+# through SciPy's BLAS (a second thread pool), and a parallel launch per image cost more than
+# the shift-add it ran (MNIST conv2: 64 launches of 14x14 planes). With a chunk of images the
+# kernel has bs*M independent planes to share out, and the chunk's partial maps stay in cache
+# between the GEMM that writes them and the shift-add that reads them.
+#
+# Chunk: as many images as fit CHUNK_BYTES of partial maps (at least one), so the Numba
+# forward allocates  itemsize * bs * KH*KW*Cout * H*W  for P instead of one image's share
+# (MNIST conv2: 8 images, 3.6 MB; wide 16x64x56x56: one image). workspace_bytes describes
+# the NumPy reference, workspace_bytes_numba this path. Flat views + unsigned offsets: see "Indexing" in kernels/_numba.py.
+CHUNK_BYTES = 4 << 20
+SMALL_C = 4  # C <= SMALL_C: P = Wk @ x is an outer product; a Numba loop beats BLAS there
 
-    The inner loops run on row slices indexed from 0 (LLVM then knows the index is
-    non-negative and vectorises; absolute indices would keep Numba's wraparound checks).
+
+def chunk_images(n, image_bytes):
+    """How many of n images' partial maps (image_bytes each) fit CHUNK_BYTES; at least one."""
+    return max(1, min(n, CHUNK_BYTES // max(1, image_bytes)))
+
+
+def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
+    """The Numba forward's buffers: the kernel matrix + a chunk of images' partial maps."""
+    n, _, h, wd = x_shape
+    m, c, kh, kw = w_shape
+    bs = chunk_images(n, kh * kw * m * h * wd * itemsize)
+    return itemsize * kh * kw * m * (c + bs * h * wd)
+
+
+@njit(parallel=True, cache=True)
+def _small_gemm_nb(wk, x3, p):
+    """p[b] = wk @ x3[b] for tiny C (K of the GEMM): one (b, row) per iteration."""
+    bs, c, hw = x3.shape
+    rows = wk.shape[0]
+    pf = p.ravel()
+    xf = x3.ravel()
+    for job in prange(bs * rows):
+        b = job // rows
+        r = job % rows
+        dst = uintp(job * hw)
+        src = uintp(b * c * hw)
+        w0 = wk[r, 0]
+        for q in range(hw):
+            pf[dst + uintp(q)] = w0 * xf[src + uintp(q)]
+        for cc in range(1, c):
+            wc = wk[r, cc]
+            s = src + uintp(cc * hw)
+            for q in range(hw):
+                pf[dst + uintp(q)] += wc * xf[s + uintp(q)]
+
+
+@njit(parallel=True, cache=True)
+def _shift_add_nb(p, y, kh, kw, sh, sw, ph, pw, h, wd):
+    """y[b, m] = sum_ij clipped, strided shift of P_ij[b, m]; one (b, m) plane per iteration.
+
+    p: (bs, KH*KW*M, H*W), y: (bs, M, Ho, Wo), both C-contiguous. Each iteration writes only
+    its own output plane, row by row (the row stays in L1 while the K*K taps add into it).
     """
-    kh, kw, m, h, wd = p5.shape
-    _, ho, wo = y.shape
-    for mm in prange(m):
+    bs, m, ho, wo = y.shape
+    hw = h * wd
+    kkm = kh * kw * m
+    pf = p.ravel()
+    yf = y.ravel()
+    for job in prange(bs * m):
+        b = job // m
+        mm = job % m
         for oh in range(ho):
+            row = uintp((job * ho + oh) * wo)
             for ow in range(wo):
-                y[mm, oh, ow] = 0.0
-        for i in range(kh):
-            oh0, oh1, ih0 = span_nb(ho, h, i - ph, sh)
-            for j in range(kw):
-                ow0, ow1, iw0 = span_nb(wo, wd, j - pw, sw)
-                cnt = ow1 - ow0
-                for oh in range(oh0, oh1):
-                    yrow = y[mm, oh, ow0:ow1]
-                    prow = p5[i, j, mm, ih0 + (oh - oh0) * sh, iw0:iw0 + (cnt - 1) * sw + 1:sw]
-                    for t in range(cnt):
-                        yrow[t] += prow[t]
+                yf[row + uintp(ow)] = 0.0
+            for i in range(kh):
+                ih = oh * sh + i - ph
+                if ih < 0 or ih >= h:
+                    continue
+                for j in range(kw):
+                    lo, hi = valid_range(j, pw, sw, wd, wo)
+                    # P_ij[b, m, ih, lo*sw + j - pw], the first input this row reads
+                    src = uintp((b * kkm + (i * kw + j) * m + mm) * hw + ih * wd
+                                + lo * sw + j - pw)
+                    dst = row + uintp(lo)
+                    if sw == 1:  # unit stride: a contiguous, vectorisable row add
+                        for t in range(hi - lo):
+                            yf[dst + uintp(t)] += pf[src + uintp(t)]
+                    else:
+                        for t in range(hi - lo):
+                            yf[dst + uintp(t)] += pf[src + uintp(t * sw)]
 
 
 @njit(parallel=True, cache=True)
-def _gather_nb(dy, dp5, sh, sw, ph, pw):
-    """dP = S^T(dy): each (i, j, m) map is written by one iteration only (no races)."""
-    kh, kw, m, h, wd = dp5.shape
-    _, ho, wo = dy.shape
-    for q in prange(kh * kw * m):
-        i = q // (kw * m)
-        j = (q // m) % kw
-        mm = q % m
+def _gather_nb(dy, dp, kh, kw, sh, sw, ph, pw, h, wd):
+    """dP = S^T(dy) for a chunk: dp (bs, KH*KW*M, H*W) from dy (bs, M, Ho, Wo).
+
+    One (b, tap, m) map per iteration, written whole (zeros where no output reads), so no
+    two iterations write the same element.
+    """
+    bs, m, ho, wo = dy.shape
+    hw = h * wd
+    kkm = kh * kw * m
+    dpf = dp.ravel()
+    dyf = dy.ravel()
+    for job in prange(bs * kkm):
+        b = job // kkm
+        r = job % kkm
+        tap = r // m
+        mm = r % m
+        i = tap // kw
+        j = tap % kw
+        lo, hi = valid_range(j, pw, sw, wd, wo)
         for ih in range(h):
+            dst = uintp(job * hw + ih * wd)
             for iw in range(wd):
-                dp5[i, j, mm, ih, iw] = 0.0
-        oh0, oh1, ih0 = span_nb(ho, h, i - ph, sh)
-        ow0, ow1, iw0 = span_nb(wo, wd, j - pw, sw)
-        cnt = ow1 - ow0
-        for oh in range(oh0, oh1):
-            dyrow = dy[mm, oh, ow0:ow1]
-            prow = dp5[i, j, mm, ih0 + (oh - oh0) * sh, iw0:iw0 + (cnt - 1) * sw + 1:sw]
-            for t in range(cnt):
-                prow[t] = dyrow[t]
+                dpf[dst + uintp(iw)] = 0.0
+            a = ih + ph - i  # = oh*sh when output row oh reads input row ih through tap i
+            if a < 0 or a % sh != 0 or a // sh >= ho:
+                continue
+            oh = a // sh
+            src = uintp(((b * m + mm) * ho + oh) * wo + lo)
+            d0 = dst + uintp(lo * sw + j - pw)
+            if sw == 1:
+                for t in range(hi - lo):
+                    dpf[d0 + uintp(t)] = dyf[src + uintp(t)]
+            else:
+                for t in range(hi - lo):
+                    dpf[d0 + uintp(t * sw)] = dyf[src + uintp(t)]
 
 
-# The drivers below run the per-image loop inside Numba (one call, no Python loop); they are
-# sequential themselves: the parallelism is in the kernels they call and in BLAS.
-@njit(cache=True)
-def _forward_images_nb(x3, wk, p, p5, y, sh, sw, ph, pw):
-    for b in range(x3.shape[0]):
-        np.dot(wk, x3[b], p)                       # BLAS GEMM (KH*KW*M x C) @ (C x H*W)
-        _shift_add_nb(p5, y[b], sh, sw, ph, pw)
+def _partials(wk, x3, out):
+    """out[b] = Wk @ x3[b] for the images of one chunk (BLAS, or a Numba loop for tiny C)."""
+    if x3.shape[1] <= SMALL_C:
+        _small_gemm_nb(wk, x3, out)
+    else:
+        np.matmul(wk, x3, out=out)
 
 
 def forward_numba(x, w, stride, padding):
@@ -218,34 +297,40 @@ def forward_numba(x, w, stride, padding):
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
+    kkm = kh * kw * m
     wk = kernel_matrix(w)
-    p = np.empty((kh * kw * m, h * wd), dtype=x.dtype)
+    x3 = x.reshape(n, c, h * wd)
+    bs = chunk_images(n, kkm * h * wd * x.itemsize)
+    p = np.empty((bs, kkm, h * wd), dtype=x.dtype)
     y = np.empty((n, m, ho, wo), dtype=x.dtype)
-    _forward_images_nb(x.reshape(n, c, h * wd), wk, p, p.reshape(kh, kw, m, h, wd), y,
-                       sh, sw, ph, pw)
+    for b0 in range(0, n, bs):
+        b1 = min(n, b0 + bs)
+        pb = p[:b1 - b0]
+        _partials(wk, x3[b0:b1], pb)                               # GEMM(s): P = Wk @ x[b]
+        _shift_add_nb(pb, y[b0:b1], kh, kw, sh, sw, ph, pw, h, wd)  # one parallel pass
     return y
-
-
-@njit(cache=True)
-def _backward_images_nb(dy, x3, wk, dp, dp5, dwk, t, dx3, sh, sw, ph, pw):
-    wkt = wk.T
-    for b in range(x3.shape[0]):
-        _gather_nb(dy[b], dp5, sh, sw, ph, pw)
-        np.dot(wkt, dp, dx3[b])                    # dx = Wk^T dP
-        np.dot(dp, x3[b].T, t)                     # dWk += dP x^T
-        dwk += t
 
 
 def backward_numba(dy, x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
+    kkm = kh * kw * m
     wk = kernel_matrix(w)
-    dp = np.empty((kh * kw * m, h * wd), dtype=x.dtype)
-    dwk = np.zeros((kh * kw * m, c), dtype=x.dtype)
-    t = np.empty((kh * kw * m, c), dtype=x.dtype)
+    wkt = wk.T
+    x3 = x.reshape(n, c, h * wd)
+    bs = chunk_images(n, kkm * h * wd * x.itemsize)
+    dp = np.empty((bs, kkm, h * wd), dtype=x.dtype)
+    t = np.empty((bs, kkm, c), dtype=x.dtype)                      # per-image dWk shares
+    dwk = np.zeros((kkm, c), dtype=x.dtype)
     dx = np.empty_like(x)
-    _backward_images_nb(dy, x.reshape(n, c, h * wd), wk, dp, dp.reshape(kh, kw, m, h, wd),
-                        dwk, t, dx.reshape(n, c, h * wd), sh, sw, ph, pw)
+    dx3 = dx.reshape(n, c, h * wd)
+    for b0 in range(0, n, bs):
+        b1 = min(n, b0 + bs)
+        dpb, tb = dp[:b1 - b0], t[:b1 - b0]
+        _gather_nb(dy[b0:b1], dpb, kh, kw, sh, sw, ph, pw, h, wd)  # dP = S^T(dy)
+        np.matmul(wkt, dpb, out=dx3[b0:b1])                        # dx = Wk^T dP
+        np.matmul(dpb, x3[b0:b1].transpose(0, 2, 1), out=tb)       # dWk += dP x^T
+        dwk += tb.sum(axis=0) if b1 - b0 > 1 else tb[0]
     dw = np.ascontiguousarray(dwk.reshape(kh, kw, m, c).transpose(2, 3, 0, 1))
     return dx, dw

@@ -35,17 +35,15 @@ Workspace (bytes), what forward really allocates besides y:
 Backward allocates W_ij, dP (Cout x H*W), a Cout x Cin GEMM result and a Cin x H*W one:
     itemsize * (2*Cout*Cin + (Cout + Cin)*H*W).
 
-NumPy reference: loops over taps, then images. Numba: the same, inside one compiled
-function (no Python loop); the GEMMs run in BLAS (np.dot) on the full H*W (Numba's np.dot
-wants contiguous operands, a band is a strided slice); the per-tap shift-add and gather are
-small fused serial loops (a parallel launch per tap and image costs more than it saves).
+NumPy reference: loops over taps, then images. Numba: the same tap-by-tap GEMMs through
+NumPy's BLAS, stacked over a chunk of images, and one parallel shift-add (gather, band add)
+kernel per tap and chunk; see the note at the Numba section for the chunk's memory.
 """
 import numpy as np
-from numba import njit
 
-from kernels import _numba  # noqa: F401  (sets Numba's threading layer)
 from kernels._common import out_size
-from kernels.kn2row import input_slice, span, span_nb
+from kernels._numba import njit, prange, uintp  # sets the threading layer
+from kernels.kn2row import SMALL_C, chunk_images, input_slice, span
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,59 +130,108 @@ def backward_workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
 # --------------------------------------------------------------------------------------------
 # Numba
 # --------------------------------------------------------------------------------------------
-# One tap's shift-add is small (M x Ho x Wo adds, 12,544 on MNIST conv2), so these run
-# serially inside the compiled driver: a parallel launch per tap and image would cost more
-# than it saves. Row slices indexed from 0 let LLVM vectorise.
-@njit(cache=True)
-def _shift_add_tap_nb(p, y, oh0, oh1, ih0, ow0, ow1, iw0, sh, sw):
-    """y[m, oh0:oh1, ow0:ow1] += p[m] read at the tap's strided input positions."""
-    cnt = ow1 - ow0
-    for mm in range(p.shape[0]):
-        for oh in range(oh0, oh1):
-            yrow = y[mm, oh, ow0:ow1]
-            prow = p[mm, ih0 + (oh - oh0) * sh, iw0:iw0 + (cnt - 1) * sw + 1:sw]
-            for t in range(cnt):
-                yrow[t] += prow[t]
+# The same tap-by-tap GEMMs as the reference, through NumPy's BLAS (np.matmul from Python,
+# stacked over a chunk of images, on the band), with the data movement in parallel Numba
+# kernels: per tap and chunk, ONE shift-add over the chunk's (b, m) output planes (forward),
+# and one gather dP = S_ij^T(dy) plus one band add into dx (backward). Each iteration writes
+# only its own plane or row: no races. Measured on the project machine (2 cores): the
+# per-image loop in one compiled driver (np.dot inside njit, i.e. SciPy's BLAS, 576 small
+# GEMMs on MNIST conv2) lost to the NumPy reference; stacking the images gives BLAS one call
+# per tap and the shift-add kernel bs*M planes to share out.
+#
+# Chunk: the forward works ONE image at a time (BS below). kn2row-aa exists to keep a single
+# M x H*W partial alive, and its Numba forward keeps that promise: it allocates exactly what
+# workspace_bytes says. The backward stacks a chunk of images per GEMM (as many as fit
+# kn2row.CHUNK_BYTES, see chunk_images): one image at a time it lost to the NumPy
+# reference (MNIST conv2 forward+backward 27.5 vs 23.9 ms), stacked it wins.
+# With C <= kn2row.SMALL_C the tap's GEMM has K = C (an outer product, where BLAS is
+# overhead-bound) and is fused into the shift-add: no partial at all.
+# Flat views + unsigned offsets: see "Indexing" in kernels/_numba.py.
+BS = 1
 
 
-@njit(cache=True)
-def _gather_tap_nb(dy, dp, oh0, oh1, ih0, ow0, ow1, iw0, sh, sw):
-    """dp[m] = S_ij^T(dy[m]), zero where no output reads."""
-    cnt = ow1 - ow0
-    for mm in range(dp.shape[0]):
-        for ih in range(dp.shape[1]):
-            for iw in range(dp.shape[2]):
-                dp[mm, ih, iw] = 0.0
-        for oh in range(oh0, oh1):
-            dyrow = dy[mm, oh, ow0:ow1]
-            prow = dp[mm, ih0 + (oh - oh0) * sh, iw0:iw0 + (cnt - 1) * sw + 1:sw]
-            for t in range(cnt):
-                prow[t] = dyrow[t]
+def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
+    """The Numba forward's buffers: one tap's weights + one image's partial, or nothing when
+    C <= SMALL_C (the tap's GEMM is fused into the shift-add)."""
+    _, _, h, wd = x_shape
+    m, c, _, _ = w_shape
+    return 0 if c <= SMALL_C else itemsize * m * (h * wd + c)
 
 
-@njit(cache=True)
-def _copy_tap_nb(w, i, j, wij):
-    for mm in range(w.shape[0]):
-        for cc in range(w.shape[1]):
-            wij[mm, cc] = w[mm, cc, i, j]
+@njit(parallel=True, cache=True)
+def _shift_add_tap_nb(p, y, oh0, oh1, ow0, ow1, iw0, sh, sw):
+    """y[b, m, oh0:oh1, ow0:ow1] += P[b, m] at the tap's strided inputs; one plane each.
 
-
-# Drivers: sequential loops over taps and images (parallelism is in BLAS and in the kernels).
-@njit(cache=True)
-def _forward_nb(x3, w, wij, p, p3, y, sh, sw, ph, pw):
-    kh, kw = w.shape[2], w.shape[3]
-    h, wd = p3.shape[1], p3.shape[2]
+    p: (bs, M, R, W), the partial on the band (row 0 = input row ih0); y: (bs, M, Ho, Wo).
+    """
+    bs, m, r, wd = p.shape
     ho, wo = y.shape[2], y.shape[3]
-    for i in range(kh):
-        oh0, oh1, ih0 = span_nb(ho, h, i - ph, sh)
-        for j in range(kw):
-            ow0, ow1, iw0 = span_nb(wo, wd, j - pw, sw)
-            if oh1 == oh0 or ow1 == ow0:
-                continue
-            _copy_tap_nb(w, i, j, wij)
-            for b in range(x3.shape[0]):
-                np.dot(wij, x3[b], p)                       # BLAS: (M x C) @ (C x H*W)
-                _shift_add_tap_nb(p3, y[b], oh0, oh1, ih0, ow0, ow1, iw0, sh, sw)
+    pf = p.ravel()
+    yf = y.ravel()
+    cnt = ow1 - ow0
+    for job in prange(bs * m):
+        for oh in range(oh0, oh1):
+            dst = uintp((job * ho + oh) * wo + ow0)
+            src = uintp((job * r + (oh - oh0) * sh) * wd + iw0)
+            if sw == 1:
+                for t in range(cnt):
+                    yf[dst + uintp(t)] += pf[src + uintp(t)]
+            else:
+                for t in range(cnt):
+                    yf[dst + uintp(t)] += pf[src + uintp(t * sw)]
+
+
+@njit(parallel=True, cache=True)
+def _fused_tap_nb(x, w, i, j, y, oh0, oh1, ih0, ow0, ow1, iw0, sh, sw):
+    """Tiny C: y[b, m, oh, ow] += sum_c w[m, c, i, j] * x[b, c, ih, iw] for one tap."""
+    n, c, h, wd = x.shape
+    m, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    xf = x.ravel()
+    yf = y.ravel()
+    cnt = ow1 - ow0
+    for job in prange(n * m):
+        b = job // m
+        mm = job % m
+        for cc in range(c):
+            wv = w[mm, cc, i, j]
+            for oh in range(oh0, oh1):
+                dst = uintp((job * ho + oh) * wo + ow0)
+                src = uintp(((b * c + cc) * h + ih0 + (oh - oh0) * sh) * wd + iw0)
+                for t in range(cnt):
+                    yf[dst + uintp(t)] += wv * xf[src + uintp(t * sw)]
+
+
+@njit(parallel=True, cache=True)
+def _gather_tap_nb(dy, dp, oh0, oh1, ow0, ow1, iw0, sh, sw):
+    """dP[b, m] = S_ij^T(dy[b, m]) on the band, zero where no output reads; one map each."""
+    bs, m, r, wd = dp.shape
+    ho, wo = dy.shape[2], dy.shape[3]
+    dpf = dp.ravel()
+    dyf = dy.ravel()
+    cnt = ow1 - ow0
+    for job in prange(bs * m):
+        base = uintp(job * r * wd)
+        for e in range(r * wd):
+            dpf[base + uintp(e)] = 0.0
+        for oh in range(oh0, oh1):
+            dst = base + uintp((oh - oh0) * sh * wd + iw0)
+            src = uintp((job * ho + oh) * wo + ow0)
+            for t in range(cnt):
+                dpf[dst + uintp(t * sw)] = dyf[src + uintp(t)]
+
+
+@njit(parallel=True, cache=True)
+def _add_band_nb(q, dx3, b0, off):
+    """dx3[b0 + b, c, off:off + band] += q[b, c]; one (b, c) row per iteration."""
+    bs, c, band = q.shape
+    hw = dx3.shape[2]
+    qf = q.ravel()
+    dxf = dx3.ravel()
+    for job in prange(bs * c):
+        dst = uintp((b0 * c + job) * hw + off)
+        src = uintp(job * band)
+        for t in range(band):
+            dxf[dst + uintp(t)] += qf[src + uintp(t)]
 
 
 def forward_numba(x, w, stride, padding):
@@ -192,46 +239,71 @@ def forward_numba(x, w, stride, padding):
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
-    wij = np.empty((m, c), dtype=x.dtype)
-    p = np.empty((m, h * wd), dtype=x.dtype)
-    y = np.zeros((n, m, ho, wo), dtype=x.dtype)
-    _forward_nb(x.reshape(n, c, h * wd), w, wij, p, p.reshape(m, h, wd), y, sh, sw, ph, pw)
-    return y
-
-
-@njit(cache=True)
-def _backward_nb(dy, x3, w, wij, dp, dp3, t, q, dx3, dw, sh, sw, ph, pw):
-    kh, kw = w.shape[2], w.shape[3]
-    h, wd = dp3.shape[1], dp3.shape[2]
-    ho, wo = dy.shape[2], dy.shape[3]
+    y = np.zeros((n, m, ho, wo), dtype=x.dtype)             # the accumulator
+    small = c <= SMALL_C
+    if not small:
+        x3 = x.reshape(n, c, h * wd)
+        wij = np.empty((m, c), dtype=x.dtype)
+        bs = BS
+        p = np.empty(bs * m * h * wd, dtype=x.dtype)        # partials of bs images, flat
     for i in range(kh):
-        oh0, oh1, ih0 = span_nb(ho, h, i - ph, sh)
+        oh0, oh1, ih0 = span(ho, h, i - ph, sh)
+        if oh1 == oh0:
+            continue
+        r0, r1 = ih0, ih0 + (oh1 - oh0 - 1) * sh + 1        # input rows this tap reads
         for j in range(kw):
-            ow0, ow1, iw0 = span_nb(wo, wd, j - pw, sw)
-            if oh1 == oh0 or ow1 == ow0:
+            ow0, ow1, iw0 = span(wo, wd, j - pw, sw)
+            if ow1 == ow0:
                 continue
-            _copy_tap_nb(w, i, j, wij)
-            wijt = wij.T
-            for b in range(x3.shape[0]):
-                _gather_tap_nb(dy[b], dp3, oh0, oh1, ih0, ow0, ow1, iw0, sh, sw)
-                np.dot(dp, x3[b].T, t)                       # dW_ij += dP x^T
-                for mm in range(t.shape[0]):
-                    for cc in range(t.shape[1]):
-                        dw[mm, cc, i, j] += t[mm, cc]
-                np.dot(wijt, dp, q)                          # dx += W_ij^T dP
-                dx3[b] += q
+            if small:
+                _fused_tap_nb(x, w, i, j, y, oh0, oh1, ih0, ow0, ow1, iw0, sh, sw)
+                continue
+            wij[...] = w[:, :, i, j]
+            band = (r1 - r0) * wd
+            for b0 in range(0, n, bs):
+                b1 = min(n, b0 + bs)
+                pb = p[:(b1 - b0) * m * band].reshape(b1 - b0, m, band)
+                np.matmul(wij, x3[b0:b1, :, r0 * wd:r1 * wd], out=pb)   # BLAS, stacked
+                _shift_add_tap_nb(pb.reshape(b1 - b0, m, r1 - r0, wd), y[b0:b1],
+                                  oh0, oh1, ow0, ow1, iw0, sh, sw)
+    return y
 
 
 def backward_numba(dy, x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
+    ho, wo = out_size(h, wd, kh, kw, stride, padding)
+    x3 = x.reshape(n, c, h * wd)
+    bs = chunk_images(n, max(m, c) * h * wd * x.itemsize)
     wij = np.empty((m, c), dtype=x.dtype)
-    dp = np.empty((m, h * wd), dtype=x.dtype)
-    t = np.empty((m, c), dtype=x.dtype)
-    q = np.empty((c, h * wd), dtype=x.dtype)
+    dp = np.empty(bs * m * h * wd, dtype=x.dtype)           # dP of bs images, flat
+    t = np.empty((bs, m, c), dtype=x.dtype)                 # per-image dW_ij shares
+    q = np.empty(bs * c * h * wd, dtype=x.dtype)            # per-image shares of dx
     dx = np.zeros_like(x)
+    dx3 = dx.reshape(n, c, h * wd)
     dw = np.zeros_like(w)
-    _backward_nb(dy, x.reshape(n, c, h * wd), w, wij, dp, dp.reshape(m, h, wd), t, q,
-                 dx.reshape(n, c, h * wd), dw, sh, sw, ph, pw)
+    for i in range(kh):
+        oh0, oh1, ih0 = span(ho, h, i - ph, sh)
+        if oh1 == oh0:
+            continue
+        r0, r1 = ih0, ih0 + (oh1 - oh0 - 1) * sh + 1
+        for j in range(kw):
+            ow0, ow1, iw0 = span(wo, wd, j - pw, sw)
+            if ow1 == ow0:
+                continue
+            wij[...] = w[:, :, i, j]
+            band = (r1 - r0) * wd
+            for b0 in range(0, n, bs):
+                b1 = min(n, b0 + bs)
+                nb = b1 - b0
+                dpb = dp[:nb * m * band].reshape(nb, m, band)
+                qb = q[:nb * c * band].reshape(nb, c, band)
+                _gather_tap_nb(dy[b0:b1], dpb.reshape(nb, m, r1 - r0, wd),
+                               oh0, oh1, ow0, ow1, iw0, sh, sw)
+                xband = x3[b0:b1, :, r0 * wd:r1 * wd]
+                np.matmul(dpb, xband.transpose(0, 2, 1), out=t[:nb])      # dW_ij += dP x^T
+                dw[:, :, i, j] += t[:nb].sum(axis=0) if nb > 1 else t[0]
+                np.matmul(wij.T, dpb, out=qb)                             # dx += W_ij^T dP
+                _add_band_nb(qb, dx3, b0, r0 * wd)
     return dx, dw
