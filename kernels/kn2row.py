@@ -169,7 +169,8 @@ def backward_workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
 # Chunk: as many images as fit CHUNK_BYTES of partial maps (at least one), so the Numba
 # forward allocates  itemsize * bs * KH*KW*Cout * H*W  for P instead of one image's share
 # (MNIST conv2: 8 images, 3.6 MB; wide 16x64x56x56: one image). workspace_bytes describes
-# the NumPy reference, workspace_bytes_numba this path. Flat views + unsigned offsets: see "Indexing" in kernels/_numba.py.
+# the NumPy reference, workspace_bytes_numba this path.
+# Flat views + unsigned offsets: see "Indexing" in kernels/_numba.py.
 CHUNK_BYTES = 4 << 20
 SMALL_C = 4  # C <= SMALL_C: P = Wk @ x is an outer product; a Numba loop beats BLAS there
 
