@@ -45,6 +45,7 @@ summing the K*K M-vectors in a small row buffer before writing them out channel-
 """
 import numpy as np
 
+from kernels import kn2row
 from kernels._common import out_size
 from kernels._numba import njit, prange, uintp, valid_range  # sets the threading layer
 from kernels.kn2row import SMALL_C, chunk_images, input_slice, span
@@ -112,18 +113,10 @@ def backward_numpy(dy, x, w, stride, padding):
     return dx, dw
 
 
-def workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
-    """Bytes forward allocates besides its output: kernel matrix + partial maps."""
-    _, _, h, wd = x_shape
-    m, c, kh, kw = w_shape
-    return itemsize * kh * kw * m * (c + h * wd)
-
-
-def backward_workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
-    """Bytes backward allocates besides dx and dw: Wc, dP, dWc accumulator, per-image dWc."""
-    _, _, h, wd = x_shape
-    m, c, kh, kw = w_shape
-    return itemsize * kh * kw * m * (3 * c + h * wd)
+# Workspace: the same buffers as kn2row's (the kernel matrix and the K*K partial maps),
+# transposed, so the same formulas (see the header) count them.
+workspace_bytes = kn2row.workspace_bytes
+backward_workspace_bytes = kn2row.backward_workspace_bytes
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,12 +212,7 @@ def _gather_nb(dy, dp, h, wd, kh, kw, sh, sw, ph, pw):
                         dpf[dst + uintp(mm)] = dyf[uintp(((b * m + mm) * ho + oh) * wo + ow)]
 
 
-def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
-    """The Numba forward's buffers: the kernel matrix + a chunk of images' partial maps."""
-    n, _, h, wd = x_shape
-    m, c, kh, kw = w_shape
-    bs = chunk_images(n, kh * kw * m * h * wd * itemsize)
-    return itemsize * kh * kw * m * (c + bs * h * wd)
+workspace_bytes_numba = kn2row.workspace_bytes_numba
 
 
 def forward_numba(x, w, stride, padding):
