@@ -22,6 +22,22 @@ the staleness, lr / max(1, s), so a gradient computed on older parameters moves 
 Server momentum (optional, default off): W -= b with b = m b + lr_s g. Asynchrony already
 acts like momentum (Mitliagkas et al. 2016: about 1 - 1/N for N workers), so a smaller
 explicit m than synchronous training's is the usual choice.
+Averaged parameters for the final model (default on, `average_window`): with a constant
+rate, the server's last version carries the noise of its last few updates (each from a
+16-image slice when 4 workers split batches of 64); the model the run ends with, and is
+tested with, is therefore a running average of the server's versions (Polyak-Ruppert
+averaging, as an exponential moving average):
+    w_avg += (W - w_avg) / window,     window = min(average_window, 1 + v / 10)
+The window grows with the run (about its last tenth) up to `average_window` updates, so a
+short run is not pulled back towards its starting point. Workers always train on W: the
+average is never sent, and changes no update. Measured on MNIST, 4 workers, 2 epochs,
+batch 64, lr 0.01, server momentum 0.8: last version 98.64%, average (window 100) 98.97%,
+with sync at 99.13%. average_window=0 turns it off (the model is the last version).
+Why small slices and a small rate rather than matching sync's batch and rate: a stale
+gradient is late by s updates, so by s x (slice size) images; with 16-image slices that is
+~48 images at s = 3, with 64-image slices (--batch-size 256) ~192. And a delay limits the
+stable step: measured, batch 256 (64-image pushes) at lr 0.12, momentum 0.8 (sync's rate
+per image, assuming s = 3) reached 93.5%.
 Staleness bound: an update with s > bound is DROPPED (not applied, counted, and the worker
 receives the fresh parameters with the reply and carries on). We drop rather than make
 fast workers wait (as SSP does), because waiting would let one stalled worker stop all.
@@ -92,11 +108,14 @@ class WorkerRecord:
 
 class ParameterServer:
     def __init__(self, comm, model, lr, staleness_aware=True, staleness_bound=None,
-                 timeout=30.0, drain_timeout=None, faults=None, log=None, momentum=0.0):
+                 timeout=30.0, drain_timeout=None, faults=None, log=None, momentum=0.0,
+                 average_window=100):
         self.comm, self.model, self.lr, self.momentum = comm, model, lr, momentum
         self.params = model.parameters()
         self.w = flat_params(self.params).copy()
         self.velocity = np.zeros_like(self.w)  # used with server momentum only
+        self.average_window = average_window or 0  # 0 / None: no averaging
+        self.w_avg = self.w.copy()  # running average of versions (see module doc)
         self.version = 0
         self.staleness_aware, self.staleness_bound = staleness_aware, staleness_bound
         self.timeout = timeout
@@ -126,6 +145,9 @@ class ParameterServer:
         else:
             self.w -= lr * grad
         self.version += 1
+        if self.average_window:
+            self.w_avg += (self.w - self.w_avg) / min(self.average_window,
+                                                      1 + self.version / 10)
         self.staleness.append(s)
         self.updates.append((worker, seq, pulled, s, lr))
         return APPLIED
@@ -192,7 +214,8 @@ class ParameterServer:
         for rec in self.workers.values():
             if not rec.said_bye:
                 rec.status = "lost" if rec.status in ("running", "stalled") else rec.status
-        load_flat(self.params, self.w)
+        # the run's model: the averaged versions (default) or the last version, self.w
+        load_flat(self.params, self.w_avg if self.average_window else self.w)
         return self.report(train_seconds, self.comm.bytes_sent - bytes0)
 
     def report(self, train_seconds, bytes_sent):
@@ -206,6 +229,7 @@ class ParameterServer:
             "train_seconds": train_seconds,
             "server_bytes_sent": bytes_sent,
             "version": self.version,
+            "average_window": self.average_window,
             "updates_applied": len(self.updates),
             "updates_dropped": sum(r.dropped for r in self.workers.values()),
             "duplicates": sum(r.duplicates for r in self.workers.values()),

@@ -39,6 +39,10 @@ def add_arguments(parser):
                    help="async: drop (do not apply) updates staler than this")
     g.add_argument("--server-momentum", type=float, default=0.0,
                    help="async: momentum of the server's SGD (0: plain SGD)")
+    g.add_argument("--server-average", type=int, default=100, metavar="UPDATES",
+                   help="async: the final model is a running average of the server's "
+                        "parameter versions over about this many updates (0: the last "
+                        "version); see minigrad.distributed.async_ps")
     g.add_argument("--ps-timeout", type=float, default=30.0,
                    help="async: seconds of silence after which a worker counts as stalled")
     g.add_argument("--ack-timeout", type=float, default=10.0,
@@ -108,7 +112,7 @@ def run(args):
         dgc_warmup_epochs=args.dgc_warmup_epochs, dgc_sparsity=args.dgc_sparsity,
         dgc_clip_norm=args.dgc_clip_norm or None, dgc_sample_ratio=args.dgc_sample_ratio,
         faults=_faults(args), eval_limit=args.eval_limit, log=log,
-        server_momentum=args.server_momentum)
+        server_momentum=args.server_momentum, server_average=args.server_average)
     if summary is None:
         return None
     head = {"task": args.task, "optimizer": args.optimizer if args.strategy == "sync"

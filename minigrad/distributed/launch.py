@@ -54,7 +54,7 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
                       timeout=30.0, ack_timeout=10.0, drain_timeout=None,
                       dgc_warmup_epochs=1.0, dgc_sparsity=0.999, dgc_clip_norm=5.0,
                       dgc_sample_ratio=0.01, faults=None, eval_limit=None, log=None, details=False,
-                      server_momentum=0.0):
+                      server_momentum=0.0, server_average=100):
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: expected one of {STRATEGIES}")
     if comm not in ("threads", "mpi"):
@@ -90,7 +90,8 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
                 return ParameterServer(c, own_model, lr, staleness_aware, staleness_bound,
                                        timeout=timeout, drain_timeout=drain_timeout,
                                        faults=faults, log=log_,
-                                       momentum=server_momentum).serve()
+                                       momentum=server_momentum,
+                                       average_window=server_average).serve()
             return AsyncWorker(c, own_model, make_batches(c.rank - 1, c.size - 1),
                                ack_timeout=ack_timeout, faults=faults).train(epochs)
         raise AssertionError(strategy)

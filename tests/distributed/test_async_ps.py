@@ -110,3 +110,41 @@ def test_server_momentum(task):
     s = run_async(task, epochs=2, lr=0.05, server_momentum=0.5)
     check_exactly_once(s)
     assert s["test_accuracy"] > 0.8
+
+
+def _lone_server(**kw):
+    """A server with no workers (a one-rank group): its update rule, called by hand."""
+    from minigrad.distributed.async_ps import ParameterServer
+    from minigrad.distributed.comm_threads import ThreadGroup
+
+    return ParameterServer(ThreadGroup(1).comm(0), mlp(), lr=0.1, staleness_aware=False,
+                           **kw)
+
+
+@pytest.mark.parametrize("window", [3, 0])
+def test_final_model_is_the_running_average_of_server_versions(window):
+    from minigrad.distributed.common import flat_params
+
+    server = _lone_server(average_window=window)
+    w0 = server.w.copy()
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=w0.shape).astype(np.float32) for _ in range(40)]
+    avg, w = w0.astype(np.float64), w0.astype(np.float64)
+    for v, g in enumerate(grads, start=1):
+        server._apply(1, v, v - 1, g)
+        w = w - 0.1 * g                           # W itself: plain SGD, unchanged
+        avg += (w - avg) / min(window, 1 + v / 10) if window else 0
+    np.testing.assert_allclose(server.w, w, rtol=1e-5, atol=1e-5)
+    report = server.serve()  # no workers: returns at once and loads the final model
+    assert report["average_window"] == window
+    final = flat_params(server.model.parameters())
+    np.testing.assert_allclose(final, avg if window else w, rtol=1e-5, atol=1e-5)
+    if window:
+        assert not np.allclose(final, server.w)  # the average, not the last version
+
+
+def test_async_reports_its_averaging_window(task):
+    # (test_async_learns_and_records_staleness checks the averaged model learns: > 0.8)
+    s = run_async(task)
+    assert s["details"][0]["average_window"] == 100
+    assert s["test_accuracy"] > 0.5  # one epoch; chance is 0.25
