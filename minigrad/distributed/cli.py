@@ -151,16 +151,10 @@ def cmd_train(args):
 
 
 def parse_args(argv):
-    """`minigrad train` arguments plus ours, parsed (for tests and `python -m`): works
-    whether or not minigrad/cli.py already calls add_arguments."""
+    """`minigrad train` arguments (ours included, see add_arguments), parsed."""
     from .. import cli as main_cli
 
-    parser = main_cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    train = sub.choices["train"]
-    if "--strategy" not in train._option_string_actions:
-        add_arguments(train)
-    args = parser.parse_args(["train", *argv])
+    args = main_cli.build_parser().parse_args(["train", *argv])
     if args.epochs is None:
         args.epochs = 100 if args.task == "iris" else 10
     return args
