@@ -12,7 +12,6 @@ epoch finishes with finite losses.
 """
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,14 +24,6 @@ from .tensor import Tensor, no_grad
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-@dataclass
-class History:
-    epochs: list = field(default_factory=list)
-
-    def add(self, **row):
-        self.epochs.append(row)
 
 
 def evaluate(model, X, y, batch_size=1000, transform=None, device="cpu"):
@@ -78,7 +69,7 @@ def fit(model, optimizer, loader, test_data, epochs, *, eval_transform=None, dev
     if device != "cpu":
         model.to(device)
     X_test, y_test = test_data
-    history = History()
+    history = []  # one dict per epoch run
     train_seconds = wait_seconds = 0.0
     last_loss = float("nan")
     bar = None
@@ -94,8 +85,7 @@ def fit(model, optimizer, loader, test_data, epochs, *, eval_transform=None, dev
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             for step, (xb, yb) in enumerate(loader):
-                x = Tensor(xb) if device == "cpu" else Tensor(to_device(xb, device))
-                y = yb if device == "cpu" else to_device(yb, device)
+                x, y = Tensor(to_device(xb, device)), to_device(yb, device)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 loss_value = float(loss.data)
@@ -120,10 +110,10 @@ def fit(model, optimizer, loader, test_data, epochs, *, eval_transform=None, dev
             wait_seconds += loader.wait_seconds
             last_loss = loss_sum / max(seen, 1)
             test_acc = evaluate(model, X_test, y_test, transform=eval_transform, device=device)
-            history.add(epoch=epoch + 1, loss=last_loss, train_accuracy=correct / max(seen, 1),
-                        test_accuracy=test_acc, seconds=epoch_seconds,
-                        loader_wait_share=loader.wait_seconds / max(epoch_seconds, 1e-12))
-            row = history.epochs[-1]
+            row = dict(epoch=epoch + 1, loss=last_loss, train_accuracy=correct / max(seen, 1),
+                       test_accuracy=test_acc, seconds=epoch_seconds,
+                       loader_wait_share=loader.wait_seconds / max(epoch_seconds, 1e-12))
+            history.append(row)
             log(f"epoch {epoch + 1:3d}/{epochs}  loss {last_loss:.4f}  "
                 f"train acc {row['train_accuracy']:.4f}  test acc {test_acc:.4f}  "
                 f"{epoch_seconds:.2f}s  (loader wait {100 * row['loader_wait_share']:.1f}%)")
@@ -132,18 +122,19 @@ def fit(model, optimizer, loader, test_data, epochs, *, eval_transform=None, dev
     finally:
         if bar is not None:
             bar.close()
-    ran = len(history.epochs)
-    final = history.epochs[-1] if history.epochs else {}
+    ran = len(history)
+    final = history[-1] if history else {}
+    if "test_accuracy" not in final:  # nothing left to run (e.g. resumed at the last epoch)
+        final = dict(final, test_accuracy=evaluate(model, X_test, y_test,
+                                                   transform=eval_transform, device=device))
     return {
         "epochs": epochs,
         "epochs_run": ran,
         "final_loss": last_loss,
         "train_accuracy": final.get("train_accuracy"),
-        "test_accuracy": final.get("test_accuracy",
-                                   evaluate(model, X_test, y_test, transform=eval_transform,
-                                            device=device)),
+        "test_accuracy": final["test_accuracy"],
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / ran if ran else 0.0,
         "loader_wait_share": wait_seconds / train_seconds if train_seconds else 0.0,
-        "history": history.epochs,
+        "history": history,
     }
