@@ -1,0 +1,108 @@
+"""kernels.gemm: the Numba GEMM against NumPy on every path (packed, dot, splits, edges)."""
+import numpy as np
+import pytest
+
+from kernels import gemm as G
+
+SHAPES = [  # m, n, k: tiny, edges in every direction, each parallel split, each kernel
+    (1, 1, 1), (7, 5, 3), (8, 48, 16), (9, 49, 17), (33, 97, 400), (64, 288, 300),
+    (300, 70, 64), (64, 2000, 288), (5, 3, 5000), (64, 288, 12544 // 4), (2, 130, 2100),
+]
+
+
+def _operand(rng, shape, layout, dtype):
+    """A (rows, cols) operand stored C-order, as the transpose of a C array, or strided."""
+    r, c = shape
+    if layout == "C":
+        return rng.standard_normal((r, c)).astype(dtype)
+    if layout == "T":
+        return rng.standard_normal((c, r)).astype(dtype).T
+    return rng.standard_normal((r, 2 * c)).astype(dtype)[:, ::2]  # neither: copied
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layouts", ["CC", "CT", "TC", "TT", "SC"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gemm_matches_numpy(shape, layouts, dtype):
+    m, n, k = shape
+    rng = np.random.default_rng(m * 1000 + n + k)
+    a = _operand(rng, (m, k), layouts[0], dtype)
+    b = _operand(rng, (k, n), layouts[1], dtype)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    scale = np.sqrt(k)
+    got = G.gemm(a, b)
+    assert got.dtype == dtype and got.shape == (m, n)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
+    out = rng.standard_normal((m, n)).astype(dtype)
+    start = out.copy()
+    G.gemm(a, b, out=out, accumulate=True)
+    np.testing.assert_allclose(out, start + want, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemm_any_thread_count(threads):
+    import numba
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((70, 900)).astype(np.float32)
+    b = rng.standard_normal((900, 130)).astype(np.float32)
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for bb in (b, np.asfortranarray(b)):  # packed path, dot path
+            np.testing.assert_allclose(G.gemm(a, bb), a @ b, rtol=1e-4, atol=1e-3)
+    finally:
+        numba.set_num_threads(old)
+
+
+def test_gemm_zero_sizes():
+    a = np.ones((3, 0), np.float32)
+    b = np.ones((0, 4), np.float32)
+    np.testing.assert_array_equal(G.gemm(a, b), np.zeros((3, 4), np.float32))
+    out = np.full((3, 4), 2.0, np.float32)
+    G.gemm(a, b, out=out, accumulate=True)
+    np.testing.assert_array_equal(out, 2.0)
+    assert G.gemm(np.ones((0, 5), np.float32), np.ones((5, 4), np.float32)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("a, b, out, match", [
+    (np.ones((2, 3), np.float32), np.ones((4, 2), np.float32), None, r"\(2, 3\) by \(4, 2\)"),
+    (np.ones((2, 3), np.float32), np.ones((3, 2), np.float64), None, "float32 and float64"),
+    (np.ones((2, 3), np.int32), np.ones((3, 2), np.int32), None, "int32"),
+    (np.ones((2, 3), np.float32), np.ones((3, 2), np.float32), np.ones((2, 2), np.float32).T,
+     "C-contiguous"),
+    (np.ones((2, 3), np.float32), np.ones((3, 2), np.float32), np.ones((3, 2), np.float32),
+     r"shape \(2, 2\)"),
+])
+def test_gemm_bad_input(a, b, out, match):
+    with pytest.raises(ValueError, match=match):
+        G.gemm(a, b, out=out)
+
+
+@pytest.mark.parametrize("mode", G.MODES)
+def test_matmul_modes(monkeypatch, mode):
+    """matmul gives a @ b under every MODE, for 2-D and stacked 3-D operands."""
+    monkeypatch.setattr(G, "MODE", mode)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 20, 30)).astype(np.float32)
+    b = rng.standard_normal((4, 30, 50)).astype(np.float32)
+    np.testing.assert_allclose(G.matmul(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(G.matmul(a[0], b[0].T.copy().T), a[0] @ b[0], rtol=1e-4, atol=1e-4)
+    out = np.ones((20, 50), np.float32)
+    G.matmul(a[0], b[0], out=out, accumulate=True)
+    np.testing.assert_allclose(out, 1 + a[0] @ b[0], rtol=1e-4, atol=1e-4)
+    assert G.uses_numba(np.float32) == (mode == "numba" or (mode == "auto" and G.available()))
+
+
+def test_matmul_rejects_unknown_mode(monkeypatch):
+    monkeypatch.setattr(G, "MODE", "mkl")
+    with pytest.raises(ValueError, match="auto.*numba.*blas"):
+        G.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))
+
+
+def test_plan_splits():
+    assert G.plan(64, 12544, 288, 2) == (1, 2)  # wide output: split the columns
+    assert G.plan(4096, 64, 288, 2) == (0, 2)  # tall output: split the rows
+    assert G.plan(64, 288, 12544, 2) == (2, 2)  # deep product: split the depth
+    assert G.plan(64, 288, 12544, 1) == (1, 1)
