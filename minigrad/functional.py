@@ -8,10 +8,18 @@ and backend (numpy, numba, cupy) are a keyword away.
 import numpy as np
 
 import kernels
+from kernels.gemm import matmul as _gemm_matmul
 
 from . import config
 from .backend import get_array_module
 from .tensor import Tensor, _check_same_device
+
+
+def _mm(a, b):
+    """a @ b; 2-D products on the CPU go to kernels.gemm (its GEMM or BLAS, see its MODE)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim == 2:
+        return _gemm_matmul(a, b)
+    return a @ b
 
 
 def relu(x):
@@ -24,7 +32,7 @@ def linear(x, weight, bias=None):
         raise ValueError(f"linear: input of shape {x.shape} does not fit weight of shape "
                          f"{weight.shape} (in_features {weight.shape[1]} != {x.shape[-1]})")
     _check_same_device("linear", x, weight)
-    y = x.data @ weight.data.T
+    y = _mm(x.data, weight.data.T)
     if bias is not None:
         _check_same_device("linear", x, bias)
         y += bias.data
@@ -33,8 +41,8 @@ def linear(x, weight, bias=None):
     def backward(g):
         g2 = g.reshape(-1, g.shape[-1])
         x2 = x.data.reshape(-1, x.shape[-1])
-        gx = (g @ weight.data) if x.requires_grad else None
-        gw = (g2.T @ x2) if weight.requires_grad else None
+        gx = _mm(g, weight.data) if x.requires_grad else None
+        gw = _mm(g2.T, x2) if weight.requires_grad else None
         if bias is None:
             return gx, gw
         return gx, gw, g2.sum(axis=0)

@@ -76,6 +76,39 @@ def test_workspace_bytes_sane(algo):
 
 
 def test_im2col_workspace_formula():
-    # MNIST conv2: cols (32*9) x (64*14*14) + Y_mat 64 x (64*14*14), float32
-    n = kernels.workspace_bytes("im2col", (64, 32, 14, 14), (64, 32, 3, 3), 1, 1)
-    assert n == 4 * (288 * 12544 + 64 * 12544)
+    # MNIST conv2, float32. NumPy reference: cols (32*9) x (64*14*14) + Y_mat 64 x (64*14*14).
+    args = ((64, 32, 14, 14), (64, 32, 3, 3), 1, 1)
+    assert kernels.workspace_bytes("im2col", *args, backend="numpy") == 4 * (288 + 64) * 12544
+    # Numba: the same two matrices for one chunk of images (9 images of 225 KB fit 2 MiB)
+    from kernels import im2col
+
+    bs = im2col.CHUNK_BYTES // (4 * 288 * 196)
+    assert bs == 9
+    assert kernels.workspace_bytes("im2col", *args, backend="numba") == 4 * (288 + 64) * bs * 196
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2000, 10**9])  # 1 image, 3 of 5, all at once
+def test_im2col_numba_chunks(monkeypatch, chunk_bytes):
+    """The chunked Numba im2col: right values, honest workspace, cols kept only when whole."""
+    from kernels import im2col
+
+    monkeypatch.setattr(im2col, "CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 3, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    stride, padding = (2, 1), (1, 1)
+    y = im2col.forward_numba(x, w, stride, padding)
+    np.testing.assert_allclose(y, im2col.forward_numpy(x, w, stride, padding),
+                               rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    saved = {}
+    im2col.forward_numba(x, w, stride, padding, saved=saved)
+    whole = im2col.chunk_images(x.shape, w.shape, stride, padding, 4) >= x.shape[0]
+    assert ("cols" in saved) == whole
+    dx, dw = im2col.backward_numba(dy, x, w, stride, padding, saved=saved)
+    dx_ref, dw_ref = im2col.backward_numpy(dy, x, w, stride, padding)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-4)
+    got = measured_workspace(im2col.forward_numba, x, w, stride, padding, "numba")
+    want = kernels.workspace_bytes("im2col", x.shape, w.shape, stride, padding)
+    assert want <= got <= want + SLACK
