@@ -9,9 +9,9 @@ BLIS and OpenBLAS write theirs, small enough to read in one sitting.
     loop 5  for jc in steps of NC:            a column block of B and C
     loop 4    for pc in steps of KC:          a depth block; B[pc:pc+KC, jc:jc+NC] is PACKED
     loop 3      for ic in steps of MC:        a row block; A[ic:ic+MC, pc:pc+KC] is PACKED
-    loop 2        for jr in steps of NR:      a KC x NR micro-panel of packed B (stays in L1)
-    loop 1          for ir in steps of MR:    a MR x KC micro-panel of packed A
-                      MICRO-KERNEL: C[ir:ir+MR, jr:jr+NR] += Apanel @ Bpanel
+    loop 2        for j_r in steps of NR:      a KC x NR micro-panel of packed B (stays in L1)
+    loop 1          for i_r in steps of MR:    a MR x KC micro-panel of packed A
+                      MICRO-KERNEL: C[i_r:i_r+MR, j_r:j_r+NR] += Apanel @ Bpanel
 
   The micro-kernel holds the whole MR x NR tile of C in vector registers for the length of
   the depth loop: for each k it loads one row of the B panel (NR numbers, NR/VL vectors),
@@ -421,23 +421,23 @@ def _gemm_serial(a, a_t, b, b_t, c, i0, i1, j0, j1, p0, p1, accumulate,
             for ic in range(i0, i1, mc_max):
                 mc = min(mc_max, i1 - ic)
                 _pack_a(a, a_t, ic, mc, pc, kc, mr, apack)
-                for jr in range(0, nc, nr):
-                    b_off = (jr // nr) * kc * nr
-                    for ir in range(0, mc, mr):
-                        a_off = (ir // mr) * kc * mr
-                        rows = min(mr, mc - ir)
-                        cols = min(nr, nc - jr)
+                for j_r in range(0, nc, nr):
+                    b_off = (j_r // nr) * kc * nr
+                    for i_r in range(0, mc, mr):
+                        a_off = (i_r // mr) * kc * mr
+                        rows = min(mr, mc - i_r)
+                        cols = min(nr, nc - j_r)
                         if rows == mr and cols == nr:  # a full tile, straight into C
                             _microkernel(kc, apack, a_off, bpack, b_off,
-                                         cf, (ic + ir) * ldc + jc + jr, ldc, add)
+                                         cf, (ic + i_r) * ldc + jc + j_r, ldc, add)
                         else:  # an edge tile: compute all MR x NR, keep the valid part
                             _microkernel(kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
                             for i in range(rows):
                                 for j in range(cols):
                                     if add:
-                                        c[ic + ir + i, jc + jr + j] += tile[i, j]
+                                        c[ic + i_r + i, jc + j_r + j] += tile[i, j]
                                     else:
-                                        c[ic + ir + i, jc + jr + j] = tile[i, j]
+                                        c[ic + i_r + i, jc + j_r + j] = tile[i, j]
 
 
 # --------------------------------------------------------------------------- the parallel GEMM
