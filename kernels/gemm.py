@@ -601,15 +601,16 @@ def matmul(a, b, out=None, accumulate=False):
     """
     if accumulate and out is None:
         raise ValueError("matmul: accumulate=True needs an out array to add to")
-    if (a.dtype == b.dtype and uses_numba(a.dtype) and a.ndim == b.ndim and a.ndim in (2, 3)
+    if (a.dtype == b.dtype and uses_numba(a.dtype) and a.ndim in (2, 3) and b.ndim in (2, 3)
             and (out is None or out.flags.c_contiguous)):
-        if a.ndim == 2:
+        if a.ndim == b.ndim == 2:
             return gemm(a, b, out, accumulate)
-        if a.shape[0] == b.shape[0]:
+        batch = a.shape[0] if a.ndim == 3 else b.shape[0]
+        if (a.ndim == 2 or a.shape[0] == batch) and (b.ndim == 2 or b.shape[0] == batch):
             if out is None:
-                out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=a.dtype)
-            for i in range(a.shape[0]):
-                gemm(a[i], b[i], out[i], accumulate)
+                out = np.empty((batch, a.shape[-2], b.shape[-1]), dtype=a.dtype)
+            for i in range(batch):  # a stack: one GEMM per matrix, a 2-D operand shared
+                gemm(a[i] if a.ndim == 3 else a, b[i] if b.ndim == 3 else b, out[i], accumulate)
             return out
     if out is None:
         return np.matmul(a, b)

@@ -37,6 +37,7 @@ import numpy as np
 
 from ._common import out_size, pad_nchw
 from ._numba import njit, prange, uintp, valid_range
+from .gemm import matmul
 
 
 def workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
@@ -236,12 +237,13 @@ def row2im_numba(drows, x_shape, kh, kw, stride, padding):
 # machine (OpenBLAS, Haswell kernels, 2 cores): rows @ W_mat^T, an N = M = 32..64 wide GEMM,
 # ran at 5-30% of peak (MNIST conv1: 6.9 ms, against 0.26 ms for W_mat @ rows^T; the wide
 # layer 25-48 ms against 20 ms), and (M, N, HoWo) -> (N, M, HoWo) is a copy of whole
-# contiguous planes instead of an element-wise NHWC -> NCHW transpose.
+# contiguous planes instead of an element-wise NHWC -> NCHW transpose. The GEMMs run on
+# kernels.gemm (see its MODE).
 
 
 def _gemm_forward_t(w, rows, n, ho, wo):
     m = w.shape[0]
-    y_t = w.reshape(m, -1) @ rows.T                      # (M, N*HoWo) = Y_rows^T
+    y_t = matmul(w.reshape(m, -1), rows.T)                      # (M, N*HoWo) = Y_rows^T
     y = np.empty((n, m, ho, wo), dtype=w.dtype)
     y.reshape(n, m, ho * wo)[...] = y_t.reshape(m, n, ho * wo).transpose(1, 0, 2)
     return y
@@ -253,8 +255,8 @@ def _gemm_backward_t(dy, w, rows):
     dy_t[...] = dy.reshape(n, m, ho * wo).transpose(1, 0, 2)
     dy_t = dy_t.reshape(m, n * ho * wo)
     dw = np.empty_like(w)
-    np.matmul(dy_t, rows, out=dw.reshape(m, -1))          # (M, CKK)
-    drows = dy_t.T @ w.reshape(m, -1)                     # (N*HoWo, CKK)
+    matmul(dy_t, rows, out=dw.reshape(m, -1))          # (M, CKK)
+    drows = matmul(dy_t.T, w.reshape(m, -1))                     # (N*HoWo, CKK)
     return dw, drows
 
 

@@ -48,6 +48,7 @@ import numpy as np
 from kernels import kn2row
 from kernels._common import out_size
 from kernels._numba import njit, prange, uintp, valid_range  # sets the threading layer
+from kernels.gemm import matmul
 from kernels.kn2row import SMALL_C, chunk_images, input_slice, span
 
 
@@ -122,7 +123,7 @@ backward_workspace_bytes = kn2row.backward_workspace_bytes
 # --------------------------------------------------------------------------------------------
 # Numba
 # --------------------------------------------------------------------------------------------
-# The Numba path: the same GEMMs through NumPy's BLAS (np.matmul from Python, stacked over a
+# The Numba path: the same GEMMs on kernels.gemm (gemm.matmul from Python, stacked over a
 # chunk of images, as many as fit kn2row.CHUNK_BYTES of partial maps), and ONE parallel
 # Numba kernel per chunk for the shift-add (forward) or the gather (backward), over the
 # chunk's (b, row) pairs. Measured on the project machine (2 cores): the per-image loop in one
@@ -232,7 +233,7 @@ def forward_numba(x, w, stride, padding):
         if c <= SMALL_C:
             _small_gemm_t_nb(x3[b0:b1], wc, pb)
         else:
-            np.matmul(x3[b0:b1].transpose(0, 2, 1), wc, out=pb)   # (H*W x C) @ (C x K*K*M)
+            matmul(x3[b0:b1].transpose(0, 2, 1), wc, out=pb)   # (H*W x C) @ (C x K*K*M)
         _shift_add_nb(pb, y[b0:b1], h, wd, kh, kw, sh, sw, ph, pw)
     return y
 
@@ -254,8 +255,8 @@ def backward_numba(dy, x, w, stride, padding):
         b1 = min(n, b0 + bs)
         dpb, tb = dp[:b1 - b0], t[:b1 - b0]
         _gather_nb(dy[b0:b1], dpb, h, wd, kh, kw, sh, sw, ph, pw)
-        np.matmul(wc, dpb.transpose(0, 2, 1), out=dx3[b0:b1])    # dx[n] = Wc dP^T
-        np.matmul(x3[b0:b1], dpb, out=tb)                        # dWc += x[n] dP
+        matmul(wc, dpb.transpose(0, 2, 1), out=dx3[b0:b1])    # dx[n] = Wc dP^T
+        matmul(x3[b0:b1], dpb, out=tb)                        # dWc += x[n] dP
         dwc += tb.sum(axis=0) if b1 - b0 > 1 else tb[0]
     dw = np.ascontiguousarray(dwc.reshape(c, kh, kw, m).transpose(3, 0, 1, 2))
     return dx, dw

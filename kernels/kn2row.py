@@ -52,6 +52,7 @@ import numpy as np
 
 from kernels._common import out_size
 from kernels._numba import njit, prange, uintp, valid_range  # sets the threading layer
+from kernels.gemm import matmul
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def backward_workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
 # --------------------------------------------------------------------------------------------
 # Numba
 # --------------------------------------------------------------------------------------------
-# The Numba path runs the same GEMMs as the reference, through NumPy's BLAS (np.matmul, from
+# The Numba path runs the same GEMMs as the reference, on kernels.gemm (gemm.matmul, from
 # Python, stacked over a chunk of images), and replaces the data movement with ONE parallel
 # kernel per chunk: the K*K shift-adds (forward) and the gather dP = S^T(dy) (backward).
 # Measured on the project machine (2 cores, OpenBLAS): np.dot called from inside njit goes
@@ -290,7 +291,7 @@ def _partials(wk, x3, out):
     if x3.shape[1] <= SMALL_C:
         _small_gemm_nb(wk, x3, out)
     else:
-        np.matmul(wk, x3, out=out)
+        matmul(wk, x3, out=out)
 
 
 def forward_numba(x, w, stride, padding):
@@ -330,8 +331,8 @@ def backward_numba(dy, x, w, stride, padding):
         b1 = min(n, b0 + bs)
         dpb, tb = dp[:b1 - b0], t[:b1 - b0]
         _gather_nb(dy[b0:b1], dpb, kh, kw, sh, sw, ph, pw, h, wd)  # dP = S^T(dy)
-        np.matmul(wkt, dpb, out=dx3[b0:b1])                        # dx = Wk^T dP
-        np.matmul(dpb, x3[b0:b1].transpose(0, 2, 1), out=tb)       # dWk += dP x^T
+        matmul(wkt, dpb, out=dx3[b0:b1])                        # dx = Wk^T dP
+        matmul(dpb, x3[b0:b1].transpose(0, 2, 1), out=tb)       # dWk += dP x^T
         dwk += tb.sum(axis=0) if b1 - b0 > 1 else tb[0]
     dw = np.ascontiguousarray(dwk.reshape(kh, kw, m, c).transpose(2, 3, 0, 1))
     return dx, dw
