@@ -233,20 +233,19 @@ def col2im_numba(dcols, x_shape, kh, kw, stride, padding):
     return dx
 
 
-# The Numba path lowers the batch a CHUNK of images at a time. The whole-batch patch matrix
-# of MNIST conv2 is 14.4 MB: written by im2col, read back by the GEMM's packing and again by
-# the weight-gradient GEMM, it makes three trips through main memory, and in a training step
-# those trips cost more than the GEMMs' arithmetic (measured: im2col 1.3 ms and the forward
-# GEMM at 325 GFLOP/s inside a step, against 0.6 ms and 450 GFLOP/s with the matrix in
-# cache). A chunk of CHUNK_BYTES stays in the caches between the copy that writes it and the
-# GEMMs that read it; the backward lowers its chunk again rather than keep the forward's
-# (a cached copy is cheaper than a trip to memory). When the whole batch fits one chunk the
-# forward leaves `cols` in `saved` for the backward, as the NumPy reference always does.
+# The Numba path lowers the batch a CHUNK of images at a time, at most CHUNK_BYTES of patch
+# matrix: the whole-batch matrix of the wide layer (16x64x56x56, 3x3) would be 115 MB. Each
+# chunk is lowered, multiplied, and (backward) scattered back before the next, so the matrix
+# is still in cache when the GEMMs read it. When the whole batch fits one chunk (MNIST conv2:
+# 14.4 MB) the forward leaves `cols` in `saved` for the backward, as the NumPy reference
+# always does; otherwise the backward lowers each chunk again. Measured in a MNIST training
+# step (2 cores): 2 MiB chunks with that recompute ran no faster than one 14.4 MB chunk
+# (9.5-9.8 ms a step either way): the second im2col cost what the cache saved the GEMMs.
 #
 # Workspace of the Numba forward: itemsize * (C*KH*KW + M) * bs*Ho*Wo  (cols and Y_mat for a
 # chunk of bs images; Y_mat is skipped when bs = 1 and the GEMM writes into y). The backward
 # adds dY_mat and dcols for a chunk: itemsize * (M + C*KH*KW) * bs*Ho*Wo.
-CHUNK_BYTES = 2 << 20
+CHUNK_BYTES = 16 << 20
 
 
 def chunk_images(x_shape, w_shape, stride, padding, itemsize):

@@ -8,6 +8,7 @@ and backend (numpy, numba, cupy) are a keyword away.
 import numpy as np
 
 import kernels
+import kernels.channel
 from kernels.gemm import matmul as _gemm_matmul
 
 from . import config
@@ -115,7 +116,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, algo=None, backend=None):
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"conv2d: bias of shape {bias.shape} does not match weight "
                              f"{weight.shape} (expected ({weight.shape[0]},))")
-        y += bias.data.reshape(1, -1, 1, 1)
+        if backend == "numba":
+            kernels.channel.bias_add(y, bias.data)
+        else:
+            y += bias.data.reshape(1, -1, 1, 1)
     parents = (x, weight) if bias is None else (x, weight, bias)
 
     def backward(g):
@@ -124,7 +128,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, algo=None, backend=None):
                                          saved=saved, need_dx=x.requires_grad)
         if bias is None:
             return dx, dw
-        return dx, dw, g.sum(axis=(0, 2, 3))
+        db = kernels.channel.bias_grad(g) if backend == "numba" else g.sum(axis=(0, 2, 3))
+        return dx, dw, db
 
     return Tensor._make(y, parents, backward, "conv2d")
 
