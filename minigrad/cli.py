@@ -115,6 +115,11 @@ def cmd_info(args):
 
     for lib, version, arch, threads in blas_info():
         lines.append(f"blas {lib} {version}, {arch} kernels, {threads} threads")
+    from kernels import gemm
+
+    where = "kernels.gemm (Numba)" if gemm.uses_numba(np.float32) else "NumPy's BLAS"
+    lines.append(f"gemm: float32 products on {where} (MINIGRAD_GEMM={gemm.MODE}, "
+                 f"AVX-512 {'yes' if gemm.HAS_AVX512 else 'no'})")
     layer = threading_layer()
     lines.append(f"numba threads {numba.get_num_threads()}, threading layer {layer}")
     ok, why = gpu_available()
