@@ -97,6 +97,24 @@ def available(dtype=np.float32):
 # --------------------------------------------------------------------------- the micro-kernel
 
 
+def _ir_tools(context, builder, signature, dt, vl):
+    """What both kernels' IR needs: the vector type, llvm.fma on it, array data pointers
+    (data(i, value) for argument i) and 64-bit integer constants."""
+    fty = ir.FloatType() if dt == np.float32 else ir.DoubleType()
+    vty = ir.VectorType(fty, vl)
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+        f"llvm.fma.v{vl}f{dt.itemsize * 8}")
+
+    def data(i, v):
+        return context.make_array(signature.args[i])(context, builder, v).data
+
+    def const(v):
+        return ir.Constant(ir.IntType(64), v)
+
+    return vty, fma, data, const
+
+
 @intrinsic
 def _microkernel(typingctx, kc, apack, a_off, bpack, b_off, c, c_off, ldc, accumulate):
     """C[c_off + i*ldc + j] (+)= sum_k apack[a_off + k*MR + i] * bpack[b_off + k*NR + j].
@@ -114,18 +132,7 @@ def _microkernel(typingctx, kc, apack, a_off, bpack, b_off, c, c_off, ldc, accum
 
     def codegen(context, builder, signature, args):
         kc_v, ap_v, aoff, bp_v, boff, c_v, coff, ldc_v, acc_flag = args
-        i64 = ir.IntType(64)
-        fty = ir.FloatType() if dt == np.float32 else ir.DoubleType()
-        vty = ir.VectorType(fty, vl)
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-            f"llvm.fma.v{vl}f{dt.itemsize * 8}")
-
-        def data(i, v):
-            return context.make_array(signature.args[i])(context, builder, v).data
-
-        def const(v):
-            return ir.Constant(i64, v)
+        vty, fma, data, const = _ir_tools(context, builder, signature, dt, vl)
 
         a_base = builder.gep(data(1, ap_v), [aoff])
         b_base = builder.gep(data(3, bp_v), [boff])
@@ -141,7 +148,7 @@ def _microkernel(typingctx, kc, apack, a_off, bpack, b_off, c, c_off, ldc, accum
         builder.cbranch(builder.icmp_signed(">", kc_v, const(0)), loop, done)
 
         builder.position_at_end(loop)
-        k = builder.phi(i64)
+        k = builder.phi(ir.IntType(64))
         k.add_incoming(const(0), entry)
         acc = [[builder.phi(vty) for _ in range(nv)] for _ in range(mr)]
         for row in acc:
@@ -211,18 +218,7 @@ def _dot_kernel(typingctx, kc, a, a_rows, b, b_rows, out):
 
     def codegen(context, builder, signature, args):
         kc_v, a_v, ar_v, b_v, br_v, out_v = args
-        i64 = ir.IntType(64)
-        fty = ir.FloatType() if dt == np.float32 else ir.DoubleType()
-        vty = ir.VectorType(fty, vl)
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-            f"llvm.fma.v{vl}f{dt.itemsize * 8}")
-
-        def data(i, v):
-            return context.make_array(signature.args[i])(context, builder, v).data
-
-        def const(v):
-            return ir.Constant(i64, v)
+        vty, fma, data, const = _ir_tools(context, builder, signature, dt, vl)
 
         a_data, b_data = data(1, a_v), data(3, b_v)
         a_ptr = [builder.gep(a_data, [builder.load(builder.gep(data(2, ar_v), [const(i)]))])
@@ -236,7 +232,7 @@ def _dot_kernel(typingctx, kc, a, a_rows, b, b_rows, out):
         builder.cbranch(builder.icmp_signed(">", kc_v, const(0)), loop, done)
 
         builder.position_at_end(loop)  # for (k = 0; k < kc; k += VL)
-        k = builder.phi(i64)
+        k = builder.phi(ir.IntType(64))
         k.add_incoming(const(0), entry)
         acc = [[builder.phi(vty) for _ in range(nr)] for _ in range(mr)]
         for row in acc:

@@ -18,16 +18,19 @@ GEMM shapes (BLAS M, N, K):
     (overlapping windows overlap in dx; the Numba col2im runs one (n, c) plane per thread,
     so no two threads ever add into the same pixel).
 
-All N images are lowered side by side into one (CKK) x (N*Ho*Wo) matrix so each pass is a
+The images are lowered side by side into one (CKK) x (N*Ho*Wo) matrix so each pass is a
 single big GEMM: measured on the project machine (MNIST conv2, OpenBLAS, 2 cores) that is
 ~15-25% faster than N batched per-image GEMMs (np.matmul over (N, CKK, Ho*Wo)), and the price
 is one transpose copy of the output, (M, N, HoWo) -> (N, M, HoWo), a few % of the GEMM time.
+The NumPy reference lowers the whole batch at once; the Numba path a chunk of images at a
+time (at most CHUNK_BYTES of patch matrix, see the note above forward_numba).
 
 Strides and padding are pure index arithmetic: column (n, oh, ow), row (c, kh, kw) reads
 x[n, c, oh*sh + kh - ph, ow*sw + kw - pw], or 0 outside the image. Nothing is computed and
 thrown away.
 
-Workspace (forward, bytes, what both backends allocate besides x, w and y):
+Workspace (forward, bytes, what the NumPy reference allocates besides x, w and y; the Numba
+path allocates the same for one chunk of images, see workspace_bytes_numba):
     itemsize * (C*KH*KW * N*Ho*Wo          # cols
                 + M * N*Ho*Wo [if N > 1])  # Y_mat before its transpose into NCHW
                                            # (for N = 1 the GEMM writes straight into y)
@@ -62,26 +65,23 @@ def backward_workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
     return itemsize * (2 * cols + dy_mat)
 
 
-# --------------------------------------------------------------------------- shared GEMM steps
+# --------------------------------------------------------------------------- GEMM steps (NumPy)
 
 
-def _gemm_forward(w, cols, n, ho, wo, mm):
-    """y = W_mat @ cols, reordered (M, N, HoWo) -> (N, M, Ho, Wo).
-
-    `mm` is the matrix product: np.matmul for the NumPy reference, gemm.matmul for Numba.
-    """
+def _gemm_forward(w, cols, n, ho, wo):
+    """y = W_mat @ cols, reordered (M, N, HoWo) -> (N, M, Ho, Wo)."""
     m = w.shape[0]
     w_mat = w.reshape(m, -1)  # (M, CKK), a view
     y = np.empty((n, m, ho, wo), dtype=w.dtype)
     if n == 1:
-        mm(w_mat, cols, out=y.reshape(m, ho * wo))
+        np.matmul(w_mat, cols, out=y.reshape(m, ho * wo))
         return y
-    y_mat = mm(w_mat, cols)  # (M, N*HoWo)
+    y_mat = w_mat @ cols  # (M, N*HoWo)
     y[...] = y_mat.reshape(m, n, ho, wo).transpose(1, 0, 2, 3)
     return y
 
 
-def _gemm_backward(dy, w, cols, need_dx, mm):
+def _gemm_backward(dy, w, cols, need_dx):
     """dw = dY_mat @ cols^T and dcols = W_mat^T @ dY_mat, with dY_mat = dy as (M, N*HoWo).
 
     dcols is skipped (None) when the input needs no gradient, e.g. a network's first layer.
@@ -95,8 +95,8 @@ def _gemm_backward(dy, w, cols, need_dx, mm):
         dy_mat[...] = dy.transpose(1, 0, 2, 3)
         dy_mat = dy_mat.reshape(m, n * ho * wo)
     dw = np.empty_like(w)
-    mm(dy_mat, cols.T, out=dw.reshape(m, -1))  # (M, CKK)
-    dcols = mm(w_mat.T, dy_mat) if need_dx else None  # (CKK, N*HoWo)
+    np.matmul(dy_mat, cols.T, out=dw.reshape(m, -1))  # (M, CKK)
+    dcols = w_mat.T @ dy_mat if need_dx else None  # (CKK, N*HoWo)
     return dw, dcols
 
 
@@ -143,7 +143,7 @@ def forward_numpy(x, w, stride, padding, saved=None):
     cols = im2col_numpy(x, kh, kw, stride, padding)
     if saved is not None:
         saved["cols"] = cols
-    return _gemm_forward(w, cols, n, ho, wo, np.matmul)
+    return _gemm_forward(w, cols, n, ho, wo)
 
 
 def backward_numpy(dy, x, w, stride, padding, saved=None, need_dx=True):
@@ -151,7 +151,7 @@ def backward_numpy(dy, x, w, stride, padding, saved=None, need_dx=True):
     cols = saved.pop("cols", None) if saved else None
     if cols is None:
         cols = im2col_numpy(x, kh, kw, stride, padding)
-    dw, dcols = _gemm_backward(dy, w, cols, need_dx, np.matmul)
+    dw, dcols = _gemm_backward(dy, w, cols, need_dx)
     dx = col2im_numpy(dcols, x.shape, kh, kw, stride, padding) if need_dx else None
     return dx, dw
 
@@ -215,22 +215,6 @@ def _col2im_kernel(dcols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
                     dst = uintp(plane + ih * wd + j - pw)  # dx[n, c, ih, j - pw]
                     for ow in range(lo, hi):
                         dxf[dst + uintp(ow * sw)] += dcf[src + uintp(ow)]
-
-
-def im2col_numba(x, kh, kw, stride, padding):
-    n, c, h, wd = x.shape
-    ho, wo = out_size(h, wd, kh, kw, stride, padding)
-    cols = np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)
-    _im2col_kernel(x, kh, kw, stride[0], stride[1], padding[0], padding[1], ho, wo, cols)
-    return cols
-
-
-def col2im_numba(dcols, x_shape, kh, kw, stride, padding):
-    n, c, h, wd = x_shape
-    ho, wo = out_size(h, wd, kh, kw, stride, padding)
-    dx = np.zeros(x_shape, dtype=dcols.dtype)
-    _col2im_kernel(dcols, kh, kw, stride[0], stride[1], padding[0], padding[1], ho, wo, dx)
-    return dx
 
 
 # The Numba path lowers the batch a CHUNK of images at a time, at most CHUNK_BYTES of patch
