@@ -115,20 +115,31 @@ def _ir_tools(context, builder, signature, dt, vl):
     return vty, fma, data, const
 
 
-@intrinsic
-def _microkernel(typingctx, kc, apack, a_off, bpack, b_off, c, c_off, ldc, accumulate):
+def _make_microkernel(vectors):
+    """The micro-kernel over the first `vectors` VL-wide columns groups of the B panel
+    (None: all NR/VL of them; fewer for the narrow tiles at C's right edge)."""
+
+    @intrinsic
+    def microkernel(typingctx, kc, apack, a_off, bpack, b_off, c, c_off, ldc, accumulate):
+        if not isinstance(apack, types.Array) or apack.dtype not in (types.float32,
+                                                                      types.float64):
+            return None
+        dt = np.dtype(str(apack.dtype))
+        blk = BLOCKING[dt]
+        return _microkernel_ir(dt, blk["vl"], blk["mr"], blk["nr"],
+                               vectors or blk["nr"] // blk["vl"],
+                               types.void(kc, apack, a_off, bpack, b_off, c, c_off, ldc,
+                                          accumulate))
+
+    return microkernel
+
+
+def _microkernel_ir(dt, vl, mr, nr, nv, sig):
     """C[c_off + i*ldc + j] (+)= sum_k apack[a_off + k*MR + i] * bpack[b_off + k*NR + j].
 
-    i < MR, j < NR; `accumulate` false overwrites C (the first depth block), true adds to it.
-    MR, NR and the vector length come from the arrays' dtype (BLOCKING).
+    i < MR, j < nv*VL (nv*VL = NR for the full kernel); `accumulate` false overwrites C (the
+    first depth block), true adds to it. MR, NR and VL come from the dtype (BLOCKING).
     """
-    if not isinstance(apack, types.Array) or apack.dtype not in (types.float32, types.float64):
-        return None
-    dt = np.dtype(str(apack.dtype))
-    blk = BLOCKING[dt]
-    vl, mr, nr = blk["vl"], blk["mr"], blk["nr"]
-    nv = nr // vl
-    sig = types.void(kc, apack, a_off, bpack, b_off, c, c_off, ldc, accumulate)
 
     def codegen(context, builder, signature, args):
         kc_v, ap_v, aoff, bp_v, boff, c_v, coff, ldc_v, acc_flag = args
@@ -194,6 +205,14 @@ def _microkernel(typingctx, kc, apack, a_off, bpack, b_off, c, c_off, ldc, accum
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# The full MR x NR kernel, and narrower ones for C's last columns: a 196-column product (an
+# MNIST conv2 image) is 4 full tiles and a 4-column edge, which the 1-vector kernel computes
+# at a third of the full kernel's cost.
+_microkernel = _make_microkernel(None)
+_MICRO_1 = _make_microkernel(1)
+_MICRO_2 = _make_microkernel(2)
 
 
 # --------------------------------------------------------------------------- the dot kernel
@@ -402,12 +421,55 @@ def _pack_b(b, b_t, p0, kc, j0, nc, nr, bpack):
 
 
 @njit(cache=True)
+def _edge_tile(kc, apack, a_off, bpack, b_off, c, row, col, rows, cols, add, tile):
+    """An edge tile of C (fewer than MR rows or NR columns): the narrowest micro-kernel that
+    covers `cols` computes MR x (its width) into `tile`, and only the valid part goes to C."""
+    nr = tile.shape[1]
+    vl = 64 // tile.itemsize  # numbers per 512-bit vector (BLOCKING's vl)
+    tf = tile.ravel()
+    if cols <= vl:
+        _MICRO_1(kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
+    elif cols <= 2 * vl:
+        _MICRO_2(kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
+    else:
+        _microkernel(kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
+    for i in range(rows):
+        for j in range(cols):
+            if add:
+                c[row + i, col + j] += tile[i, j]
+            else:
+                c[row + i, col + j] = tile[i, j]
+
+
+@njit(cache=True)
+def _macro_kernel(k, apack, bpack, c, i0, i1, j0, j1, accumulate, mr, nr, kc_max, tile):
+    """c[i0:i1, j0:j1] (+)= A @ B from operands packed over their whole depth k:
+    apack[p*k*MR + kk*MR + i] = A[i0 + p*MR + i, kk], bpack[q*k*NR + kk*NR + j] = B[kk, j0 + q*NR + j]
+    (what _pack_a / _pack_b write for one block). Depth blocks of kc_max keep the B
+    micro-panel in cache; c is C-contiguous."""
+    ldc = c.shape[1]
+    cf = c.ravel()
+    for pc in range(0, k, kc_max):
+        kc = min(kc_max, k - pc)
+        add = accumulate or pc > 0
+        for j_r in range(0, j1 - j0, nr):
+            b_off = (j_r // nr) * k * nr + pc * nr
+            cols = min(nr, j1 - j0 - j_r)
+            for i_r in range(0, i1 - i0, mr):
+                a_off = (i_r // mr) * k * mr + pc * mr
+                rows = min(mr, i1 - i0 - i_r)
+                if rows == mr and cols == nr:  # a full tile, straight into C
+                    _microkernel(kc, apack, a_off, bpack, b_off,
+                                 cf, (i0 + i_r) * ldc + j0 + j_r, ldc, add)
+                else:
+                    _edge_tile(kc, apack, a_off, bpack, b_off, c, i0 + i_r, j0 + j_r,
+                               rows, cols, add, tile)
+
+
+@njit(cache=True)
 def _gemm_serial(a, a_t, b, b_t, c, i0, i1, j0, j1, p0, p1, accumulate,
                  mr, nr, kc_max, mc_max, nc_max, apack, bpack, tile):
     """c[i0:i1, j0:j1] (+)= a[i0:i1, p0:p1] @ b[p0:p1, j0:j1]; c is C-contiguous."""
-    ldc = c.shape[1]
-    cf = c.ravel()
-    tf = tile.ravel()
     for jc in range(j0, j1, nc_max):
         nc = min(nc_max, j1 - jc)
         for pc in range(p0, p1, kc_max):
@@ -417,23 +479,8 @@ def _gemm_serial(a, a_t, b, b_t, c, i0, i1, j0, j1, p0, p1, accumulate,
             for ic in range(i0, i1, mc_max):
                 mc = min(mc_max, i1 - ic)
                 _pack_a(a, a_t, ic, mc, pc, kc, mr, apack)
-                for j_r in range(0, nc, nr):
-                    b_off = (j_r // nr) * kc * nr
-                    for i_r in range(0, mc, mr):
-                        a_off = (i_r // mr) * kc * mr
-                        rows = min(mr, mc - i_r)
-                        cols = min(nr, nc - j_r)
-                        if rows == mr and cols == nr:  # a full tile, straight into C
-                            _microkernel(kc, apack, a_off, bpack, b_off,
-                                         cf, (ic + i_r) * ldc + jc + j_r, ldc, add)
-                        else:  # an edge tile: compute all MR x NR, keep the valid part
-                            _microkernel(kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
-                            for i in range(rows):
-                                for j in range(cols):
-                                    if add:
-                                        c[ic + i_r + i, jc + j_r + j] += tile[i, j]
-                                    else:
-                                        c[ic + i_r + i, jc + j_r + j] = tile[i, j]
+                _macro_kernel(kc, apack, bpack, c, ic, ic + mc, jc, jc + nc, add,
+                              mr, nr, kc, tile)
 
 
 # --------------------------------------------------------------------------- the parallel GEMM
