@@ -39,11 +39,13 @@ path allocates the same for one chunk of images, see workspace_bytes_numba):
 Backward allocates cols again, dcols (same size), dY_mat (M x N*Ho*Wo, if N > 1); the NumPy
 reference also a padded dx. See backward_workspace_bytes.
 """
+import numba
 import numpy as np
 
 from ._common import out_size, pad_nchw
 from ._numba import njit, prange, uintp, valid_range
-from .gemm import matmul
+from .gemm import (BLOCKING, _bounds, _macro_kernel, _pack_a, _pack_b, _workspace, matmul,
+                   uses_numba)
 
 
 def workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
@@ -157,132 +159,214 @@ def backward_numpy(dy, x, w, stride, padding, saved=None, need_dx=True):
 
 
 # --------------------------------------------------------------------------- Numba
+# The Numba path lowers ONE IMAGE at a time, and each thread takes its own images from start
+# to finish: lower image n, multiply, and (backward) scatter dcols back into dx[n], before the
+# next image. One MNIST conv2 image's patch matrix is 221 KiB, so it stays in the core's L2
+# cache between the copy and the GEMM that reads it; the whole-batch matrix (14.4 MB) went out
+# to memory and back three times (im2col, forward GEMM, weight-gradient GEMM), dcols twice.
+#   - With one image per GEMM, W_mat @ cols is (M x HoWo) = y[n] itself and dY_mat is dy[n]:
+#     no reorders between (M, N*HoWo) and (N, M, HoWo).
+#   - Each thread adds its images' dW into a private (M x CKK) sum (summed at the end) and
+#     scatters only into its own images' dx: nothing is shared, nothing races.
+#   - The lowering writes the patch matrix straight in the order kernels.gemm's micro-kernel
+#     reads it (packed panels of NR columns, see gemm.py), so there is no separate packing
+#     pass. The weights are packed once per call and shared by the threads.
+#   - The backward lowers x again rather than keeping the forward's matrices: from L2 that is
+#     cheaper than writing them all to memory and reading them back.
+#
+# The copy itself, on a zero-padded copy of the image (xpad, C x Hp x Wp, per thread):
+#     cols[r, p] = xpad[off[r] + base[p]]   off[(c, i, j)] = c*Hp*Wp + i*Wp + j
+#                                           base[(oh, ow)] = oh*sh*Wp + ow*sw
+# every entry is one load at the sum of a row offset and a column offset (the strides and
+# the padding live in the two tables), so the packed layouts are as easy to write as cols.
+#
+# With fewer images than threads (inference on one image), or when matmul is NumPy's BLAS
+# (MINIGRAD_GEMM=blas, or a CPU without AVX-512), the images go one by one in Python: plain
+# cols (_im2col_image), and each GEMM a kernels.gemm.matmul call.
+#
+# Workspace of the Numba forward (fused path, T = min(threads, N) threads), in numbers:
+#     T * (C*Hp*Wp  +  ceil(Ho*Wo / NR)*NR * C*KH*KW)     xpad + the packed patch matrix
+#     + ceil(M / MR)*MR * C*KH*KW                         the packed weights
+# (one-by-one path: C*KH*KW * Ho*Wo, the plain cols). kernels.gemm's MR x NR scratch tiles are
+# GEMM internals, not counted. The backward allocates per thread xpad, the packed cols^T
+# (ceil(CKK/NR)*NR * HoWo), the packed dy[n] twice (as A and as B), dcols and a dW sum.
 
 
-@njit(parallel=True, cache=True, fastmath=False)
-def _im2col_kernel(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
-    # One job per row r = (c, i, j) of cols: it writes N*Ho*Wo contiguous entries.
+def _tap_tables(c, h, wd, kh, kw, stride, padding, ho, wo):
+    """off (C*KH*KW,) and base (Ho*Wo,): cols[r, p] = xpad[off[r] + base[p]]."""
+    (sh, sw), (ph, pw) = stride, padding
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    cc, ii, jj = np.meshgrid(np.arange(c), np.arange(kh), np.arange(kw), indexing="ij")
+    oh, ow = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
+    off = (cc * hp * wp + ii * wp + jj).ravel()
+    base = (oh * sh * wp + ow * sw).ravel()
+    return off.astype(np.int64), base.astype(np.int64)
+
+
+@njit(cache=True)
+def _pad_image(x, n, ph, pw, xpad):
+    """The interior of xpad (C, Hp, Wp) = x[n]; its zero border is written once, by the caller."""
+    _, c_in, h, wd = x.shape
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    xf = x.ravel()
+    xpf = xpad.ravel()
+    for c in range(c_in):
+        for ih in range(h):
+            src = uintp(((n * c_in + c) * h + ih) * wd)
+            dst = uintp((c * hp + ih + ph) * wp + pw)
+            for iw in range(wd):
+                xpf[dst + uintp(iw)] = xf[src + uintp(iw)]
+
+
+@njit(cache=True)
+def _lower_packed(xpad, off, base, nr, bpack):
+    """B = cols (CKK x HoWo) as the GEMM packs it: bpack[q, r, j] = cols[r, q*NR + j]."""
+    xpf = xpad.ravel()
+    ckk = off.shape[0]
+    hw = base.shape[0]
+    for q in range((hw + nr - 1) // nr):
+        width = min(nr, hw - q * nr)
+        for r in range(ckk):
+            dst = uintp((q * ckk + r) * nr)
+            o = off[r]
+            for j in range(width):
+                bpack[dst + uintp(j)] = xpf[uintp(o + base[q * nr + j])]
+            for j in range(width, nr):  # past the last column: zero, as gemm pads its panels
+                bpack[dst + uintp(j)] = 0
+
+
+@njit(cache=True)
+def _lower_packed_t(xpad, off, base, nr, bpack):
+    """B = cols^T (HoWo x CKK) as the GEMM packs it: bpack[q, p, j] = cols[q*NR + j, p]."""
+    xpf = xpad.ravel()
+    ckk = off.shape[0]
+    hw = base.shape[0]
+    for q in range((ckk + nr - 1) // nr):
+        width = min(nr, ckk - q * nr)
+        for p in range(hw):
+            dst = uintp((q * hw + p) * nr)
+            b = base[p]
+            for j in range(width):
+                bpack[dst + uintp(j)] = xpf[uintp(off[q * nr + j] + b)]
+            for j in range(width, nr):
+                bpack[dst + uintp(j)] = 0
+
+
+@njit(cache=True)
+def _im2col_image(x, n, kh, kw, sh, sw, ph, pw, ho, wo, cols):
+    """Plain cols (CKK, HoWo) of image n: cols[(c, i, j), (oh, ow)] = x[n, c, oh*sh+i-ph, ow*sw+j-pw]."""
     # Flat views + unsigned (uintp) offsets: see "Indexing" in kernels/_numba.py.
-    n_img, c_in, h, wd = x.shape
+    _, c_in, h, wd = x.shape
     hw = ho * wo
     xf = x.ravel()
     cf = cols.ravel()
-    ncol = cols.shape[1]
-    for r in prange(c_in * kh * kw):
+    for r in range(c_in * kh * kw):  # row r = (c, i, j) of cols
         c = r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
         lo, hi = valid_range(j, pw, sw, wd, wo)  # ow whose tap (.., j) is inside the image
-        for n in range(n_img):
-            for oh in range(ho):
-                ih = oh * sh + i - ph
-                dst = uintp(r * ncol + n * hw + oh * wo)  # cols[r, (n, oh, 0)]
-                if ih < 0 or ih >= h:  # a whole row of zero padding
-                    for ow in range(wo):
-                        cf[dst + uintp(ow)] = 0
-                    continue
-                for ow in range(lo):
+        for oh in range(ho):
+            ih = oh * sh + i - ph
+            dst = uintp(r * hw + oh * wo)  # cols[r, (oh, 0)]
+            if ih < 0 or ih >= h:  # a whole row of zero padding
+                for ow in range(wo):
                     cf[dst + uintp(ow)] = 0
-                src = uintp(((n * c_in + c) * h + ih) * wd + j - pw)  # x[n, c, ih, j - pw]
-                for ow in range(lo, hi):
-                    cf[dst + uintp(ow)] = xf[src + uintp(ow * sw)]
-                for ow in range(hi, wo):
-                    cf[dst + uintp(ow)] = 0
+                continue
+            for ow in range(lo):
+                cf[dst + uintp(ow)] = 0
+            src = uintp(((n * c_in + c) * h + ih) * wd + j - pw)  # x[n, c, ih, j - pw]
+            for ow in range(lo, hi):
+                cf[dst + uintp(ow)] = xf[src + uintp(ow * sw)]
+            for ow in range(hi, wo):
+                cf[dst + uintp(ow)] = 0
 
 
-@njit(parallel=True, cache=True, fastmath=False)
-def _col2im_kernel(dcols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
-    # One job per (n, c) plane of dx: it alone writes that plane, so the overlapping
-    # windows' additions never race. dx must be zeroed.
-    n_img, c_in, h, wd = dx.shape
+@njit(cache=True)
+def _col2im_image(dcols, n, kh, kw, sh, sw, ph, pw, ho, wo, dx):
+    """dx[n] = the adjoint of _im2col_image: every dcols entry added onto its input pixel."""
+    _, c_in, h, wd = dx.shape
     hw = ho * wo
     dxf = dx.ravel()
     dcf = dcols.ravel()
-    ncol = dcols.shape[1]
-    for job in prange(n_img * c_in):
-        n = job // c_in
-        c = job % c_in
-        plane = job * h * wd
-        for i in range(kh):
-            for j in range(kw):
-                r = (c * kh + i) * kw + j
-                lo, hi = valid_range(j, pw, sw, wd, wo)
-                for oh in range(ho):
-                    ih = oh * sh + i - ph
-                    if ih < 0 or ih >= h:
-                        continue
-                    src = uintp(r * ncol + n * hw + oh * wo)  # dcols[r, (n, oh, 0)]
-                    dst = uintp(plane + ih * wd + j - pw)  # dx[n, c, ih, j - pw]
-                    for ow in range(lo, hi):
-                        dxf[dst + uintp(ow * sw)] += dcf[src + uintp(ow)]
+    base = uintp(n * c_in * h * wd)
+    for p in range(c_in * h * wd):
+        dxf[base + uintp(p)] = 0
+    for r in range(c_in * kh * kw):
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        lo, hi = valid_range(j, pw, sw, wd, wo)
+        for oh in range(ho):
+            ih = oh * sh + i - ph
+            if ih < 0 or ih >= h:
+                continue
+            src = uintp(r * hw + oh * wo)  # dcols[r, (oh, 0)]
+            dst = base + uintp((c * h + ih) * wd + j - pw)  # dx[n, c, ih, j - pw]
+            for ow in range(lo, hi):
+                dxf[dst + uintp(ow * sw)] += dcf[src + uintp(ow)]
 
 
-# The Numba path lowers the batch a CHUNK of images at a time, at most CHUNK_BYTES of patch
-# matrix: the whole-batch matrix of the wide layer (16x64x56x56, 3x3) would be 115 MB. Each
-# chunk is lowered, multiplied, and (backward) scattered back before the next, so the matrix
-# is still in cache when the GEMMs read it. When the whole batch fits one chunk (MNIST conv2:
-# 14.4 MB) the forward leaves `cols` in `saved` for the backward, as the NumPy reference
-# always does; otherwise the backward lowers each chunk again. Measured in a MNIST training
-# step (2 cores): 2 MiB chunks with that recompute ran no faster than one 14.4 MB chunk
-# (9.5-9.8 ms a step either way): the second im2col cost what the cache saved the GEMMs.
-#
-# Workspace of the Numba forward: itemsize * (C*KH*KW + M) * bs*Ho*Wo  (cols and Y_mat for a
-# chunk of bs images; Y_mat is skipped when bs = 1 and the GEMM writes into y). The backward
-# adds dY_mat and dcols for a chunk: itemsize * (M + C*KH*KW) * bs*Ho*Wo.
-CHUNK_BYTES = 16 << 20
+@njit(parallel=True, cache=True)
+def _forward_images(x, wpack, off, base, ph, pw, y, bounds, xpads, bpacks, mr, nr, kc, tiles):
+    """Thread t: for n in bounds[t]:bounds[t+1], y[n] (M x HoWo) = W_mat @ cols(x[n])."""
+    m, hw = y.shape[1], y.shape[2]
+    ckk = off.shape[0]
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            _pad_image(x, n, ph, pw, xpads[t])
+            _lower_packed(xpads[t], off, base, nr, bpacks[t])
+            _macro_kernel(ckk, wpack, bpacks[t], y[n], 0, m, 0, hw, False, mr, nr, kc, tiles[t])
 
 
-def chunk_images(x_shape, w_shape, stride, padding, itemsize):
-    """Images per chunk: as many as fit CHUNK_BYTES of patch matrix, at least one."""
-    n, c, h, wd = x_shape
-    _, _, kh, kw = w_shape
-    ho, wo = out_size(h, wd, kh, kw, stride, padding)
-    per_image = itemsize * c * kh * kw * ho * wo
-    return max(1, min(n, CHUNK_BYTES // max(1, per_image)))
+@njit(parallel=True, cache=True)
+def _backward_images(dy, x, wtpack, off, base, kh, kw, sh, sw, ph, pw, dx, dw_parts, need_dx,
+                     bounds, xpads, colpacks, apacks, bpacks, dcols_bufs, mr, nr, kc, tiles):
+    """Thread t, for its images n: dw_parts[t] += dy[n] @ cols_n^T; dx[n] = col2im(W^T dy[n])."""
+    m, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    hw = ho * wo
+    ckk = off.shape[0]
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            dy_n = dy[n].reshape(m, hw)
+            _pad_image(x, n, ph, pw, xpads[t])
+            _lower_packed_t(xpads[t], off, base, nr, colpacks[t])        # B = cols^T
+            _pack_a(dy_n, False, 0, m, 0, hw, mr, apacks[t])             # A = dy[n]
+            _macro_kernel(hw, apacks[t], colpacks[t], dw_parts[t], 0, m, 0, ckk,
+                          n > bounds[t], mr, nr, kc, tiles[t])
+            if need_dx:
+                _pack_b(dy_n, False, 0, m, 0, hw, nr, bpacks[t])         # B = dy[n]
+                _macro_kernel(m, wtpack, bpacks[t], dcols_bufs[t], 0, ckk, 0, hw, False,
+                              mr, nr, kc, tiles[t])
+                _col2im_image(dcols_bufs[t], n, kh, kw, sh, sw, ph, pw, ho, wo, dx)
+
+
+def _threads_for(n, dtype):
+    """Threads that take whole images (0: go image by image with a parallel GEMM each)."""
+    threads = numba.get_num_threads()
+    if not uses_numba(dtype) or n < threads:
+        return 0
+    return threads
+
+
+def _panels(size, width):
+    """size rounded up to whole panels of `width` (gemm zero-pads its last panel)."""
+    return -(-size // width) * width
 
 
 def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
-    """The Numba forward's buffers: cols and Y_mat for one chunk of images."""
+    """The Numba forward's buffers (see the formula above forward_numba's helpers)."""
     n, c, h, wd = x_shape
     m, _, kh, kw = w_shape
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
-    bs = chunk_images(x_shape, w_shape, stride, padding, itemsize)
-    return itemsize * (c * kh * kw + (m if bs > 1 else 0)) * bs * ho * wo
-
-
-@njit(parallel=True, cache=True)
-def _mat_to_nchw(y_mat, y):
-    """y[n, m, :] = y_mat[m, n*HW:(n+1)*HW]: (M, N*HW) -> (N, M, HW), one (n, m) row a job."""
-    n_img, m, hw = y.shape
-    yf = y.ravel()
-    ymf = y_mat.ravel()
-    for job in prange(n_img * m):
-        n = job // m
-        r = job % m
-        dst = uintp(job * hw)
-        src = uintp((r * n_img + n) * hw)
-        for p in range(hw):
-            yf[dst + uintp(p)] = ymf[src + uintp(p)]
-
-
-@njit(parallel=True, cache=True)
-def _nchw_to_mat(dy, dy_mat):
-    """dy_mat[m, n*HW:(n+1)*HW] = dy[n, m, :]: the inverse reorder, for the backward."""
-    n_img, m, hw = dy.shape
-    df = dy.ravel()
-    dmf = dy_mat.ravel()
-    for job in prange(n_img * m):
-        n = job // m
-        r = job % m
-        src = uintp(job * hw)
-        dst = uintp((r * n_img + n) * hw)
-        for p in range(hw):
-            dmf[dst + uintp(p)] = df[src + uintp(p)]
-
-
-def _head(buf, rows, cols):
-    """The first rows*cols numbers of a flat buffer as a C-contiguous (rows, cols) matrix."""
-    return buf[:rows * cols].reshape(rows, cols)
+    ckk = c * kh * kw
+    dtype = np.float32 if itemsize == 4 else np.float64
+    parts = _threads_for(n, dtype)
+    if not parts:
+        return itemsize * ckk * ho * wo
+    blk = BLOCKING[np.dtype(dtype)]
+    xpad = c * (h + 2 * padding[0]) * (wd + 2 * padding[1])
+    packed = _panels(ho * wo, blk["nr"]) * ckk
+    return itemsize * (parts * (xpad + packed) + _panels(m, blk["mr"]) * ckk)
 
 
 def forward_numba(x, w, stride, padding, saved=None):
@@ -291,24 +375,26 @@ def forward_numba(x, w, stride, padding, saved=None):
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
     hw, ckk = ho * wo, c * kh * kw
-    bs = chunk_images(x.shape, w.shape, stride, padding, x.itemsize)
     w_mat = w.reshape(m, ckk)
-    y = np.empty((n, m, ho, wo), dtype=x.dtype)
-    cols_buf = np.empty(ckk * bs * hw, dtype=x.dtype)
-    y_buf = np.empty(m * bs * hw if bs > 1 else 0, dtype=x.dtype)
-    for n0 in range(0, n, bs):
-        nb = min(bs, n - n0)
-        cols = _head(cols_buf, ckk, nb * hw)
-        _im2col_kernel(x[n0:n0 + nb], kh, kw, sh, sw, ph, pw, ho, wo, cols)
-        if nb == 1:  # one image: Y_mat is y[n0] already
-            matmul(w_mat, cols, out=y[n0].reshape(m, hw))
-        else:
-            y_mat = _head(y_buf, m, nb * hw)
-            matmul(w_mat, cols, out=y_mat)
-            _mat_to_nchw(y_mat, y[n0:n0 + nb].reshape(nb, m, hw))
-    if saved is not None and bs >= n:
-        saved["cols"] = _head(cols_buf, ckk, n * hw)
-    return y
+    y = np.empty((n, m, hw), dtype=x.dtype)
+    parts = _threads_for(n, x.dtype)
+    if parts:
+        blk = BLOCKING[x.dtype]
+        mr, nr = blk["mr"], blk["nr"]
+        off, base = _tap_tables(c, h, wd, kh, kw, stride, padding, ho, wo)
+        wpack = np.empty(_panels(m, mr) * ckk, dtype=x.dtype)
+        _pack_a(w_mat, False, 0, m, 0, ckk, mr, wpack)
+        xpads = np.zeros((parts, c, h + 2 * ph, wd + 2 * pw), dtype=x.dtype)
+        bpacks = np.empty((parts, _panels(hw, nr) * ckk), dtype=x.dtype)
+        tiles = _workspace.get(x.dtype, parts, blk)[2]
+        _forward_images(x, wpack, off, base, ph, pw, y, _bounds(n, parts, 1), xpads, bpacks,
+                        mr, nr, blk["kc"], tiles)
+    else:
+        cols = np.empty((ckk, hw), dtype=x.dtype)
+        for i in range(n):
+            _im2col_image(x, i, kh, kw, sh, sw, ph, pw, ho, wo, cols)
+            matmul(w_mat, cols, out=y[i])
+    return y.reshape(n, m, ho, wo)
 
 
 def backward_numba(dy, x, w, stride, padding, saved=None, need_dx=True):
@@ -317,29 +403,39 @@ def backward_numba(dy, x, w, stride, padding, saved=None, need_dx=True):
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = dy.shape[2:]
     hw, ckk = ho * wo, c * kh * kw
-    bs = chunk_images(x.shape, w.shape, stride, padding, x.itemsize)
     w_mat = w.reshape(m, ckk)
-    kept = saved.pop("cols", None) if saved else None
-    dw = np.empty_like(w)
-    dw_mat = dw.reshape(m, ckk)
-    dx = np.zeros_like(x) if need_dx else None
-    cols_buf = np.empty(ckk * bs * hw if kept is None else 0, dtype=x.dtype)
-    dy_buf = np.empty(m * bs * hw if bs > 1 else 0, dtype=x.dtype)
-    dcols_buf = np.empty(ckk * bs * hw if need_dx else 0, dtype=x.dtype)
-    for n0 in range(0, n, bs):
-        nb = min(bs, n - n0)
-        if kept is not None:
-            cols = kept
-        else:
-            cols = _head(cols_buf, ckk, nb * hw)
-            _im2col_kernel(x[n0:n0 + nb], kh, kw, sh, sw, ph, pw, ho, wo, cols)
-        if nb == 1:
-            dy_mat = dy[n0].reshape(m, hw)
-        else:
-            dy_mat = _head(dy_buf, m, nb * hw)
-            _nchw_to_mat(dy[n0:n0 + nb].reshape(nb, m, hw), dy_mat)
-        matmul(dy_mat, cols.T, out=dw_mat, accumulate=n0 > 0)  # dW += dY_mat cols^T
+    dx = np.empty_like(x) if need_dx else None
+    parts = _threads_for(n, x.dtype)
+    if parts:
+        blk = BLOCKING[x.dtype]
+        mr, nr, dt = blk["mr"], blk["nr"], x.dtype
+        off, base = _tap_tables(c, h, wd, kh, kw, stride, padding, ho, wo)
+        wtpack = np.empty(_panels(ckk, mr) * m if need_dx else 0, dtype=dt)
         if need_dx:
-            dcols = matmul(w_mat.T, dy_mat, out=_head(dcols_buf, ckk, nb * hw))
-            _col2im_kernel(dcols, kh, kw, sh, sw, ph, pw, ho, wo, dx[n0:n0 + nb])
-    return dx, dw
+            _pack_a(w_mat, True, 0, ckk, 0, m, mr, wtpack)  # A = W_mat^T, packed once
+        xpads = np.zeros((parts, c, h + 2 * ph, wd + 2 * pw), dtype=dt)
+        colpacks = np.empty((parts, _panels(ckk, nr) * hw), dtype=dt)
+        apacks = np.empty((parts, _panels(m, mr) * hw), dtype=dt)
+        bpacks = np.empty((parts, _panels(hw, nr) * m if need_dx else 0), dtype=dt)
+        dcols_bufs = np.empty((parts, ckk, hw) if need_dx else (parts, 0, 0), dtype=dt)
+        dw_parts = np.empty((parts, m, ckk), dtype=dt)
+        tiles = _workspace.get(dt, parts, blk)[2]
+        _backward_images(dy, x, wtpack, off, base, kh, kw, sh, sw, ph, pw,
+                         dx if need_dx else np.empty((0, c, h, wd), dt), dw_parts, need_dx,
+                         _bounds(n, parts, 1), xpads, colpacks, apacks, bpacks, dcols_bufs,
+                         mr, nr, blk["kc"], tiles)
+        dw = dw_parts[0]
+        for t in range(1, parts):
+            dw += dw_parts[t]
+        return dx, dw.reshape(w.shape)
+    cols = np.empty((ckk, hw), dtype=x.dtype)
+    dcols = np.empty((ckk, hw) if need_dx else (0, 0), dtype=x.dtype)
+    dw = np.empty((m, ckk), dtype=x.dtype)
+    for i in range(n):
+        dy_i = dy[i].reshape(m, hw)
+        _im2col_image(x, i, kh, kw, sh, sw, ph, pw, ho, wo, cols)
+        matmul(dy_i, cols.T, out=dw, accumulate=i > 0)
+        if need_dx:
+            matmul(w_mat.T, dy_i, out=dcols)
+            _col2im_image(dcols, i, kh, kw, sh, sw, ph, pw, ho, wo, dx)
+    return dx, dw.reshape(w.shape)
