@@ -129,13 +129,14 @@ def test_im2col_numba_paths(monkeypatch, path, dtype, case):
 
     xs, ws, stride, padding = case
     if path == "one-by-one":
-        monkeypatch.setattr(im2col, "_threads_for", lambda n, dtype: 0)
+        monkeypatch.setattr(im2col, "PER_THREAD_IMAGE_BYTES", 0)
     rng = np.random.default_rng(1)
     x = rng.standard_normal(xs).astype(dtype)
     w = rng.standard_normal(ws).astype(dtype)
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     with gemm_mode("blas" if path == "blas" else "numba"):
-        assert (im2col._threads_for(xs[0], dtype) > 0) == (path == "per-thread")
+        ho, wo = im2col.out_size(*xs[2:], *ws[2:], stride, padding)
+        assert (im2col._threads_for(xs, ws, ho, wo, dtype) > 0) == (path == "per-thread")
         y = im2col.forward_numba(x, w, stride, padding)
         np.testing.assert_allclose(y, im2col.forward_numpy(x, w, stride, padding), **tol)
         dy = rng.standard_normal(y.shape).astype(dtype)
