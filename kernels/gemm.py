@@ -26,8 +26,10 @@ BLIS and OpenBLAS write theirs, small enough to read in one sitting.
 
   so the micro-kernel reads both operands contiguously, whatever the strides of A and B (a
   transposed view such as `cols.T` costs nothing extra: packing reads it once). Edges are
-  zero-padded in the packed panels; an edge tile of C is computed into a scratch tile and
-  only its valid part is added to C.
+  zero-padded in the packed panels; an edge tile of C is computed into a scratch tile by the
+  narrowest kernel that covers it (1, 2 or 3 vectors wide) and only its valid part is added
+  to C. Callers that pack their own operands (kernels/im2col.py lowers straight into packed
+  panels) call loops 1-2, `_macro_kernel`, directly.
 
 Why not `numpy.matmul`? It is the default: NumPy's BLAS (OpenBLAS in the PyPI wheels) is what
 `gemm="blas"` uses, everywhere. But OpenBLAS picks its kernels from the CPU when it loads and
@@ -444,7 +446,8 @@ def _edge_tile(kc, apack, a_off, bpack, b_off, c, row, col, rows, cols, add, til
 @njit(cache=True)
 def _macro_kernel(k, apack, bpack, c, i0, i1, j0, j1, accumulate, mr, nr, kc_max, tile):
     """c[i0:i1, j0:j1] (+)= A @ B from operands packed over their whole depth k:
-    apack[p*k*MR + kk*MR + i] = A[i0 + p*MR + i, kk], bpack[q*k*NR + kk*NR + j] = B[kk, j0 + q*NR + j]
+    apack[p*k*MR + kk*MR + i] = A[i0 + p*MR + i, kk]
+    bpack[q*k*NR + kk*NR + j] = B[kk, j0 + q*NR + j]
     (what _pack_a / _pack_b write for one block). Depth blocks of kc_max keep the B
     micro-panel in cache; c is C-contiguous."""
     ldc = c.shape[1]

@@ -15,37 +15,36 @@ GEMM shapes (BLAS M, N, K):
     weight grad   dW    = dY_mat @ cols^T      M = M,    N = C*KH*KW, K = N*Ho*Wo
     data grad     dcols = W_mat^T @ dY_mat     M = CKK,  N = N*Ho*Wo, K = M
     then col2im: every column entry is added back onto the input pixel it was copied from
-    (overlapping windows overlap in dx; the Numba col2im runs one (n, c) plane per thread,
-    so no two threads ever add into the same pixel).
+    (overlapping windows overlap in dx; in the Numba path each thread scatters only into its
+    own images, so no two threads ever add into the same pixel).
 
-The images are lowered side by side into one (CKK) x (N*Ho*Wo) matrix so each pass is a
-single big GEMM: measured on the project machine (MNIST conv2, OpenBLAS, 2 cores) that is
-~15-25% faster than N batched per-image GEMMs (np.matmul over (N, CKK, Ho*Wo)), and the price
-is one transpose copy of the output, (M, N, HoWo) -> (N, M, HoWo), a few % of the GEMM time.
-The NumPy reference lowers the whole batch at once; the Numba path a chunk of images at a
-time (at most CHUNK_BYTES of patch matrix, see the note above forward_numba).
+The NumPy reference lowers the images side by side into one (CKK) x (N*Ho*Wo) matrix, so each
+pass is a single big GEMM (and one transpose copy of the output, (M, N, HoWo) -> (N, M, HoWo)).
+The Numba path does the opposite: each thread lowers ONE image at a time into a patch matrix
+that stays in its L2 cache, written straight in the packed order of kernels.gemm's
+micro-kernel, and multiplies it at once (see the note above _tap_tables): the patch matrix
+never goes out to memory, and there are no transposes. kernels/README.md has the figures.
 
 Strides and padding are pure index arithmetic: column (n, oh, ow), row (c, kh, kw) reads
 x[n, c, oh*sh + kh - ph, ow*sw + kw - pw], or 0 outside the image. Nothing is computed and
 thrown away.
 
 Workspace (forward, bytes, what the NumPy reference allocates besides x, w and y; the Numba
-path allocates the same for one chunk of images, see workspace_bytes_numba):
+path's formula is in the note above _tap_tables, and workspace_bytes_numba):
     itemsize * (C*KH*KW * N*Ho*Wo          # cols
                 + M * N*Ho*Wo [if N > 1])  # Y_mat before its transpose into NCHW
                                            # (for N = 1 the GEMM writes straight into y)
   The NumPy reference also makes a zero-padded copy of x (itemsize*N*C*(H+2ph)*(W+2pw),
-  when padding > 0) for readable slicing; the Numba lowering reads x directly.
-Backward allocates cols again, dcols (same size), dY_mat (M x N*Ho*Wo, if N > 1); the NumPy
-reference also a padded dx. See backward_workspace_bytes.
+  when padding > 0) for readable slicing.
+The NumPy backward allocates cols again (unless `saved` hands it the forward's), dcols (same
+size), dY_mat (M x N*Ho*Wo, if N > 1) and a padded dx. See backward_workspace_bytes.
 """
 import numba
 import numpy as np
 
 from ._common import out_size, pad_nchw
 from ._numba import njit, prange, uintp, valid_range
-from .gemm import (BLOCKING, _bounds, _macro_kernel, _pack_a, _pack_b, _workspace, matmul,
-                   uses_numba)
+from .gemm import BLOCKING, _bounds, _macro_kernel, _pack_a, _pack_b, _workspace, matmul, uses_numba
 
 
 def workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
@@ -185,7 +184,7 @@ def backward_numpy(dy, x, w, stride, padding, saved=None, need_dx=True):
 # (MINIGRAD_GEMM=blas, or a CPU without AVX-512), the images go one by one in Python: plain
 # cols (_im2col_image), and each GEMM a kernels.gemm.matmul call.
 #
-# Workspace of the Numba forward (fused path, T = min(threads, N) threads), in numbers:
+# Workspace of the Numba forward (threads taking images, T = threads), in numbers:
 #     T * (C*Hp*Wp  +  ceil(Ho*Wo / NR)*NR * C*KH*KW)     xpad + the packed patch matrix
 #     + ceil(M / MR)*MR * C*KH*KW                         the packed weights
 # (one-by-one path: C*KH*KW * Ho*Wo, the plain cols). kernels.gemm's MR x NR scratch tiles are
@@ -255,7 +254,8 @@ def _lower_packed_t(xpad, off, base, nr, bpack):
 
 @njit(cache=True)
 def _im2col_image(x, n, kh, kw, sh, sw, ph, pw, ho, wo, cols):
-    """Plain cols (CKK, HoWo) of image n: cols[(c, i, j), (oh, ow)] = x[n, c, oh*sh+i-ph, ow*sw+j-pw]."""
+    """Plain cols (CKK, HoWo) of image n (the one-by-one path):
+    cols[(c, i, j), (oh, ow)] = x[n, c, oh*sh + i - ph, ow*sw + j - pw], 0 outside."""
     # Flat views + unsigned (uintp) offsets: see "Indexing" in kernels/_numba.py.
     _, c_in, h, wd = x.shape
     hw = ho * wo

@@ -82,7 +82,7 @@ def test_workspace_matches_allocation(algo, backend, shape, dtype):
 
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)
 def test_workspace_bytes_sane(algo):
-    """Every algorithm: a non-negative int that (for the same numbers) doubles with the item size."""
+    """Every algorithm: a non-negative int that (same numbers) doubles with the item size."""
     args = ((8, 16, 14, 14), (32, 16, 3, 3), 1, 1)
     for backend in ("numpy", "numba"):
         b32 = kernels.workspace_bytes(algo, *args, dtype=np.float32, backend=backend)
