@@ -6,7 +6,6 @@ memory during the forward - the output - the NumPy reference's zero-padded copy 
 (a convenience of the readable reference that the module headers exclude). A small slack
 covers NumPy's own temporaries (views, tiny reshapes).
 """
-import contextlib
 import importlib
 import tracemalloc
 
@@ -18,17 +17,6 @@ import kernels
 
 MINE = ("direct", "im2col", "im2row")  # modules that follow the padded-copy convention above
 SLACK = 16 * 1024
-
-@contextlib.contextmanager
-def gemm_mode(mode):
-    from kernels import gemm
-
-    before = gemm.MODE
-    gemm.MODE = mode
-    try:
-        yield
-    finally:
-        gemm.MODE = before
 
 
 SHAPES = [  # x shape, w shape, stride, padding
@@ -93,24 +81,24 @@ def test_workspace_bytes_sane(algo):
         assert b64 == 2 * b32 or (backend == "numba" and b64 >= b32)
 
 
-def test_im2col_workspace_formula():
+def test_im2col_workspace_formula(monkeypatch):
     # MNIST conv2, float32. NumPy reference: cols (32*9) x (64*14*14) + Y_mat 64 x (64*14*14).
     args = ((64, 32, 14, 14), (64, 32, 3, 3), 1, 1)
     assert kernels.workspace_bytes("im2col", *args, backend="numpy") == 4 * (288 + 64) * 12544
     # Numba, one image per thread at a time: a padded image (32 x 16 x 16) and its patch
     # matrix packed in 48-column panels (288 x 240: 196 columns in 5 panels) per thread,
     # plus the packed weights (64 x 288).
-    from kernels import im2col
+    from kernels import gemm, im2col
 
-    with gemm_mode("numba"):
-        threads = numba.get_num_threads()
-        per_thread = 32 * 16 * 16 + 288 * 240
-        assert kernels.workspace_bytes("im2col", *args, backend="numba") == (
-            4 * (threads * per_thread + 64 * 288))
-        assert im2col.workspace_bytes_numba(*args[:2], (1, 1), (1, 1), 4) < (
-            kernels.workspace_bytes("im2col", *args, backend="numpy") / 10)
-    with gemm_mode("blas"):  # image by image in Python: one plain cols
-        assert kernels.workspace_bytes("im2col", *args, backend="numba") == 4 * 288 * 196
+    monkeypatch.setattr(gemm, "MODE", "numba")
+    threads = numba.get_num_threads()
+    per_thread = 32 * 16 * 16 + 288 * 240
+    assert kernels.workspace_bytes("im2col", *args, backend="numba") == (
+        4 * (threads * per_thread + 64 * 288))
+    assert im2col.workspace_bytes_numba(*args[:2], (1, 1), (1, 1), 4) < (
+        kernels.workspace_bytes("im2col", *args, backend="numpy") / 10)
+    monkeypatch.setattr(gemm, "MODE", "blas")  # image by image in Python: one plain cols
+    assert kernels.workspace_bytes("im2col", *args, backend="numba") == 4 * 288 * 196
 
 
 @pytest.mark.parametrize("path", ["per-thread", "one-by-one", "blas"])
@@ -125,28 +113,28 @@ def test_im2col_numba_paths(monkeypatch, path, dtype, case):
     """The Numba im2col's three paths against the NumPy reference: threads taking whole
     images (our GEMM), images one by one with a parallel GEMM each, and NumPy's BLAS; with
     honest workspace on each."""
-    from kernels import im2col
+    from kernels import gemm, im2col
 
     xs, ws, stride, padding = case
+    monkeypatch.setattr(gemm, "MODE", "blas" if path == "blas" else "numba")
     if path == "one-by-one":
         monkeypatch.setattr(im2col, "PER_THREAD_IMAGE_BYTES", 0)
     rng = np.random.default_rng(1)
     x = rng.standard_normal(xs).astype(dtype)
     w = rng.standard_normal(ws).astype(dtype)
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-    with gemm_mode("blas" if path == "blas" else "numba"):
-        ho, wo = im2col.out_size(*xs[2:], *ws[2:], stride, padding)
-        assert (im2col._threads_for(xs, ws, ho, wo, dtype) > 0) == (path == "per-thread")
-        y = im2col.forward_numba(x, w, stride, padding)
-        np.testing.assert_allclose(y, im2col.forward_numpy(x, w, stride, padding), **tol)
-        dy = rng.standard_normal(y.shape).astype(dtype)
-        dx, dw = im2col.backward_numba(dy, x, w, stride, padding)
-        dx_ref, dw_ref = im2col.backward_numpy(dy, x, w, stride, padding)
-        np.testing.assert_allclose(dx, dx_ref, **tol)
-        np.testing.assert_allclose(dw, dw_ref, **tol)
-        none, dw2 = im2col.backward_numba(dy, x, w, stride, padding, need_dx=False)
-        assert none is None
-        np.testing.assert_allclose(dw2, dw_ref, **tol)
-        got = measured_workspace(im2col.forward_numba, x, w, stride, padding, "numba")
-        want = kernels.workspace_bytes("im2col", x.shape, w.shape, stride, padding, dtype)
-        assert want <= got <= want + SLACK
+    ho, wo = im2col.out_size(*xs[2:], *ws[2:], stride, padding)
+    assert (im2col._threads_for(xs, ws, ho, wo, dtype) > 0) == (path == "per-thread")
+    y = im2col.forward_numba(x, w, stride, padding)
+    np.testing.assert_allclose(y, im2col.forward_numpy(x, w, stride, padding), **tol)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw = im2col.backward_numba(dy, x, w, stride, padding)
+    dx_ref, dw_ref = im2col.backward_numpy(dy, x, w, stride, padding)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    np.testing.assert_allclose(dw, dw_ref, **tol)
+    none, dw2 = im2col.backward_numba(dy, x, w, stride, padding, need_dx=False)
+    assert none is None
+    np.testing.assert_allclose(dw2, dw_ref, **tol)
+    got = measured_workspace(im2col.forward_numba, x, w, stride, padding, "numba")
+    want = kernels.workspace_bytes("im2col", x.shape, w.shape, stride, padding, dtype)
+    assert want <= got <= want + SLACK
