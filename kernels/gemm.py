@@ -31,6 +31,11 @@ BLIS and OpenBLAS write theirs, small enough to read in one sitting.
   to C. Callers that pack their own operands (kernels/im2col.py lowers straight into packed
   panels) call loops 1-2, `_macro_kernel`, directly.
 
+  One operand need not be packed at all when its rows can be found by a table: the "rows"
+  micro-kernels read MR rows of A, or per k one row of B, wherever they lie in an array
+  (`_macro_kernel_rows_a`, `_macro_kernel_rows_b`). A stride-1 convolution's patch matrix is
+  such an operand: each of its rows is a window of the padded image (kernels/im2col.py).
+
 Why not `numpy.matmul`? It is the default: NumPy's BLAS (OpenBLAS in the PyPI wheels) is what
 `gemm="blas"` uses, everywhere. But OpenBLAS picks its kernels from the CPU when it loads and
 the project machines pin them to AVX2 (OPENBLAS_CORETYPE=Haswell), half of what an AVX-512
@@ -117,39 +122,76 @@ def _ir_tools(context, builder, signature, dt, vl):
     return vty, fma, data, const
 
 
-def _make_microkernel(vectors):
-    """The micro-kernel over the first `vectors` VL-wide columns groups of the B panel
-    (None: all NR/VL of them; fewer for the narrow tiles at C's right edge)."""
+def _make_microkernel(vectors, a_mode="packed", b_mode="packed"):
+    """The micro-kernel over the first `vectors` VL-wide column groups of the B panel (None:
+    all NR/VL of them; fewer for the narrow tiles at C's right edge), reading A and B as
+    `a_mode` / `b_mode` say (see _microkernel_ir)."""
 
-    @intrinsic
-    def microkernel(typingctx, kc, apack, a_off, bpack, b_off, c, c_off, ldc, accumulate):
-        if not isinstance(apack, types.Array) or apack.dtype not in (types.float32,
-                                                                      types.float64):
+    def typer(args):
+        a = args[1]
+        if not isinstance(a, types.Array) or a.dtype not in (types.float32, types.float64):
             return None
-        dt = np.dtype(str(apack.dtype))
+        dt = np.dtype(str(a.dtype))
         blk = BLOCKING[dt]
         return _microkernel_ir(dt, blk["vl"], blk["mr"], blk["nr"],
-                               vectors or blk["nr"] // blk["vl"],
-                               types.void(kc, apack, a_off, bpack, b_off, c, c_off, ldc,
-                                          accumulate))
+                               vectors or blk["nr"] // blk["vl"], a_mode, b_mode,
+                               types.void(*args))
 
-    return microkernel
+    # (@intrinsic needs the arguments spelled out, one signature per pair of modes)
+    if a_mode == "packed" and b_mode == "packed":
+        def microkernel(typingctx, kc, apack, a_off, bpack, b_off, c, c_off, ldc, accumulate):
+            return typer((kc, apack, a_off, bpack, b_off, c, c_off, ldc, accumulate))
+    elif a_mode == "packed" and b_mode == "rows":
+        def microkernel(typingctx, kc, apack, a_off, b, b_tab, t0, b_off, c, c_off, ldc,
+                        accumulate):
+            return typer((kc, apack, a_off, b, b_tab, t0, b_off, c, c_off, ldc, accumulate))
+    elif a_mode == "rows" and b_mode == "packed":
+        def microkernel(typingctx, kc, a, a_tab, a_off, bpack, b_off, c, c_off, ldc,
+                        accumulate):
+            return typer((kc, a, a_tab, a_off, bpack, b_off, c, c_off, ldc, accumulate))
+    else:
+        raise ValueError(f"no micro-kernel reads A {a_mode!r} and B {b_mode!r}")
+    return intrinsic(microkernel)
 
 
-def _microkernel_ir(dt, vl, mr, nr, nv, sig):
-    """C[c_off + i*ldc + j] (+)= sum_k apack[a_off + k*MR + i] * bpack[b_off + k*NR + j].
+def _microkernel_ir(dt, vl, mr, nr, nv, a_mode, b_mode, sig):
+    """C[c_off + i*ldc + j] (+)= sum_{k < kc} A[i, k] * B[k, j],  i < MR, j < nv*VL.
 
-    i < MR, j < nv*VL (nv*VL = NR for the full kernel); `accumulate` false overwrites C (the
-    first depth block), true adds to it. MR, NR and VL come from the dtype (BLOCKING).
+    The arguments are (kc, <A's>, <B's>, c, c_off, ldc, accumulate), A's and B's by mode:
+      a_mode "packed" (apack, a_off):        A[i, k] = apack[a_off + k*MR + i]
+      a_mode "rows"   (a, a_tab, a_off):     A[i, k] = a[a_tab[i] + a_off + k]
+      b_mode "packed" (bpack, b_off):        B[k, j] = bpack[b_off + k*NR + j]
+      b_mode "rows"   (b, b_tab, t0, b_off): B[k, j] = b[b_tab[t0 + k] + b_off + j]
+    "packed" is the layout _pack_a / _pack_b write. "rows" reads the operand in place, one
+    row of it anywhere in an array: MR rows of A each running along k, or per k one row of B
+    (nv*VL numbers from b_tab[t0 + k] + b_off on, so the array must hold them all; a row may
+    overlap the next, as the rows of a convolution's patch matrix do, see kernels/im2col.py).
+    `accumulate` false overwrites C (the first depth block), true adds to it. MR, NR and VL
+    come from the dtype (BLOCKING).
     """
+    na = 2 if a_mode == "packed" else 3
+    nb = 2 if b_mode == "packed" else 4
 
     def codegen(context, builder, signature, args):
-        kc_v, ap_v, aoff, bp_v, boff, c_v, coff, ldc_v, acc_flag = args
         vty, fma, data, const = _ir_tools(context, builder, signature, dt, vl)
+        kc_v = args[0]
+        ia, ib, ic = 1, 1 + na, 1 + na + nb
+        c_v, coff, ldc_v, acc_flag = args[ic:ic + 4]
+        i64 = ir.IntType(64)
 
-        a_base = builder.gep(data(1, ap_v), [aoff])
-        b_base = builder.gep(data(3, bp_v), [boff])
-        c_base = builder.gep(data(5, c_v), [coff])
+        def element(i, index):  # &array_i[index] (index: a 64-bit integer value)
+            return builder.gep(data(i, args[i]), [index])
+
+        if a_mode == "packed":
+            a_base = element(ia, args[ia + 1])
+        else:  # one pointer per row of A, from the table
+            a_rows = [builder.gep(element(ia, builder.load(element(ia + 1, const(i)))),
+                                  [args[ia + 2]]) for i in range(mr)]
+        if b_mode == "packed":
+            b_base = element(ib, args[ib + 1])
+        else:
+            b_base = element(ib, args[ib + 3])
+        c_base = element(ic, coff)
         zero = ir.Constant(vty, None)
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), vl), None)  # all lanes <- 0
 
@@ -161,20 +203,28 @@ def _microkernel_ir(dt, vl, mr, nr, nv, sig):
         builder.cbranch(builder.icmp_signed(">", kc_v, const(0)), loop, done)
 
         builder.position_at_end(loop)
-        k = builder.phi(ir.IntType(64))
+        k = builder.phi(i64)
         k.add_incoming(const(0), entry)
         acc = [[builder.phi(vty) for _ in range(nv)] for _ in range(mr)]
         for row in acc:
             for a in row:
                 a.add_incoming(zero, entry)
-        b_row = builder.gep(b_base, [builder.mul(k, const(nr))])
+        if b_mode == "packed":
+            b_row = builder.gep(b_base, [builder.mul(k, const(nr))])
+        else:
+            b_row = builder.gep(b_base, [builder.load(
+                element(ib + 1, builder.add(args[ib + 2], k)))])
         b = [builder.load(builder.bitcast(builder.gep(b_row, [const(v * vl)]),
                                           vty.as_pointer()), align=dt.itemsize)
-             for v in range(nv)]                                     # B[k, 0:NR]
-        a_col = builder.gep(a_base, [builder.mul(k, const(mr))])
+             for v in range(nv)]                                     # B[k, 0:nv*VL]
+        if a_mode == "packed":
+            a_col = builder.gep(a_base, [builder.mul(k, const(mr))])
+            a_ptrs = [builder.gep(a_col, [const(i)]) for i in range(mr)]
+        else:
+            a_ptrs = [builder.gep(a_rows[i], [k]) for i in range(mr)]
         new = []
         for i in range(mr):
-            a_ik = builder.load(builder.gep(a_col, [const(i)]))     # A[i, k]
+            a_ik = builder.load(a_ptrs[i])                            # A[i, k]
             a_bc = builder.shuffle_vector(                         # broadcast to all lanes
                 builder.insert_element(ir.Constant(vty, ir.Undefined), a_ik,
                                        ir.Constant(ir.IntType(32), 0)),
@@ -211,10 +261,17 @@ def _microkernel_ir(dt, vl, mr, nr, nv, sig):
 
 # The full MR x NR kernel, and narrower ones for C's last columns: a 196-column product (an
 # MNIST conv2 image) is 4 full tiles and a 4-column edge, which the 1-vector kernel computes
-# at a third of the full kernel's cost.
+# at a third of the full kernel's cost. The same three widths read one operand in place
+# (kernels/im2col.py: the patch matrix's rows are windows of the padded image).
 _microkernel = _make_microkernel(None)
 _MICRO_1 = _make_microkernel(1)
 _MICRO_2 = _make_microkernel(2)
+_micro_rows_b = _make_microkernel(None, "packed", "rows")
+_MICRO_ROWS_B_1 = _make_microkernel(1, "packed", "rows")
+_MICRO_ROWS_B_2 = _make_microkernel(2, "packed", "rows")
+_micro_rows_a = _make_microkernel(None, "rows", "packed")
+_MICRO_ROWS_A_1 = _make_microkernel(1, "rows", "packed")
+_MICRO_ROWS_A_2 = _make_microkernel(2, "rows", "packed")
 
 
 # --------------------------------------------------------------------------- the dot kernel
@@ -423,6 +480,17 @@ def _pack_b(b, b_t, p0, kc, j0, nc, nr, bpack):
 
 
 @njit(cache=True)
+def _store_tile(tile, c, row, col, rows, cols, add):
+    """c[row:row+rows, col:col+cols] (+)= tile[:rows, :cols]: an edge tile's valid part."""
+    for i in range(rows):
+        for j in range(cols):
+            if add:
+                c[row + i, col + j] += tile[i, j]
+            else:
+                c[row + i, col + j] = tile[i, j]
+
+
+@njit(cache=True)
 def _edge_tile(kc, apack, a_off, bpack, b_off, c, row, col, rows, cols, add, tile):
     """An edge tile of C (fewer than MR rows or NR columns): the narrowest micro-kernel that
     covers `cols` computes MR x (its width) into `tile`, and only the valid part goes to C."""
@@ -435,12 +503,7 @@ def _edge_tile(kc, apack, a_off, bpack, b_off, c, row, col, rows, cols, add, til
         _MICRO_2(kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
     else:
         _microkernel(kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
-    for i in range(rows):
-        for j in range(cols):
-            if add:
-                c[row + i, col + j] += tile[i, j]
-            else:
-                c[row + i, col + j] = tile[i, j]
+    _store_tile(tile, c, row, col, rows, cols, add)
 
 
 @njit(cache=True)
@@ -467,6 +530,71 @@ def _macro_kernel(k, apack, bpack, c, i0, i1, j0, j1, accumulate, mr, nr, kc_max
                 else:
                     _edge_tile(kc, apack, a_off, bpack, b_off, c, i0 + i_r, j0 + j_r,
                                rows, cols, add, tile)
+
+
+# Loops 1-2 again, with one operand read in place by a row table instead of packed (the
+# "rows" micro-kernels). kernels/im2col.py calls them with the patch matrix's rows as
+# windows of a padded image, so the patch matrix is never written out.
+
+
+@njit(cache=True)
+def _macro_kernel_rows_b(k, apack, b, b_tab, c, m, n, accumulate, mr, nr, kc_max, tile):
+    """c[:m, :n] (+)= A @ B,  A packed over its whole depth k as in _macro_kernel,
+    B[kk, j] = b[b_tab[kk] + j]. Every B row is read NR numbers at a time, so b must hold
+    the VL-rounded tail of the last row. c is C-contiguous."""
+    ldc = c.shape[1]
+    cf = c.ravel()
+    tf = tile.ravel()
+    vl = 64 // tile.itemsize
+    for pc in range(0, k, kc_max):
+        kc = min(kc_max, k - pc)
+        add = accumulate or pc > 0
+        for j_r in range(0, n, nr):
+            cols = min(nr, n - j_r)
+            for i_r in range(0, m, mr):
+                a_off = (i_r // mr) * k * mr + pc * mr
+                rows = min(mr, m - i_r)
+                if rows == mr and cols == nr:
+                    _micro_rows_b(kc, apack, a_off, b, b_tab, pc, j_r, cf, i_r * ldc + j_r,
+                                  ldc, add)
+                    continue
+                if cols <= vl:
+                    _MICRO_ROWS_B_1(kc, apack, a_off, b, b_tab, pc, j_r, tf, 0, nr, False)
+                elif cols <= 2 * vl:
+                    _MICRO_ROWS_B_2(kc, apack, a_off, b, b_tab, pc, j_r, tf, 0, nr, False)
+                else:
+                    _micro_rows_b(kc, apack, a_off, b, b_tab, pc, j_r, tf, 0, nr, False)
+                _store_tile(tile, c, i_r, j_r, rows, cols, add)
+
+
+@njit(cache=True)
+def _macro_kernel_rows_a(k, a, a_tab, bpack, c, m, n, accumulate, mr, nr, kc_max, tile):
+    """c[:m, :n] (+)= A @ B,  A[i, kk] = a[a_tab[i] + kk] (a_tab holds ceil(m/MR)*MR entries,
+    those past row m any valid offset), B packed over its whole depth k as in _macro_kernel.
+    c is C-contiguous."""
+    ldc = c.shape[1]
+    cf = c.ravel()
+    tf = tile.ravel()
+    vl = 64 // tile.itemsize
+    for pc in range(0, k, kc_max):
+        kc = min(kc_max, k - pc)
+        add = accumulate or pc > 0
+        for j_r in range(0, n, nr):
+            b_off = (j_r // nr) * k * nr + pc * nr
+            cols = min(nr, n - j_r)
+            for i_r in range(0, m, mr):
+                rows = min(mr, m - i_r)
+                tab = a_tab[i_r:i_r + mr]
+                if rows == mr and cols == nr:
+                    _micro_rows_a(kc, a, tab, pc, bpack, b_off, cf, i_r * ldc + j_r, ldc, add)
+                    continue
+                if cols <= vl:
+                    _MICRO_ROWS_A_1(kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
+                elif cols <= 2 * vl:
+                    _MICRO_ROWS_A_2(kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
+                else:
+                    _micro_rows_a(kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
+                _store_tile(tile, c, i_r, j_r, rows, cols, add)
 
 
 @njit(cache=True)

@@ -106,3 +106,52 @@ def test_plan_splits():
     assert G.plan(4096, 64, 288, 2) == (0, 2)  # tall output: split the rows
     assert G.plan(64, 288, 12544, 2) == (2, 2)  # deep product: split the depth
     assert G.plan(64, 288, 12544, 1) == (1, 1)
+
+
+ROWS_SHAPES = [  # m, n, k: one tile, edges (1-, 2-, 3-vector kernels), several depth blocks
+    (8, 48, 16), (13, 37, 5), (9, 10, 1), (64, 224, 288), (30, 100, 900), (3, 20, 40),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", ROWS_SHAPES)
+def test_macro_kernels_reading_rows_in_place(shape, dtype):
+    """_macro_kernel_rows_b / _rows_a: one operand read through a row table (rows anywhere in
+    an array, overlapping), the other packed, against NumPy; overwrite and accumulate."""
+    m, n, k = shape
+    blk = G.BLOCKING[np.dtype(dtype)]
+    mr, nr, kc, vl = blk["mr"], blk["nr"], blk["kc"], blk["vl"]
+    rng = np.random.default_rng(m + n + k)
+    tile = np.zeros((mr, nr), dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    tol["atol"] *= np.sqrt(k)
+
+    a = rng.standard_normal((m, k)).astype(dtype)
+    apack = np.zeros(-(-m // mr) * mr * k, dtype)
+    G._pack_a(a, False, 0, m, 0, k, mr, apack)
+    src = rng.standard_normal(300 + n + vl).astype(dtype)  # B's rows overlap in here
+    b_tab = rng.integers(0, 300, k).astype(np.int64)
+    b = np.stack([src[t:t + n] for t in b_tab])
+    c = rng.standard_normal((m, n)).astype(dtype)
+    start = c.copy()
+    G._macro_kernel_rows_b(k, apack, src, b_tab, c, m, n, True, mr, nr, kc, tile)
+    np.testing.assert_allclose(c, start + a @ b, **tol)
+    G._macro_kernel_rows_b(k, apack, src, b_tab, c, m, n, False, mr, nr, kc, tile)
+    np.testing.assert_allclose(c, a @ b, **tol)
+
+    src = rng.standard_normal(300 + k).astype(dtype)  # A's rows overlap in here
+    a_tab = rng.integers(0, 300, -(-m // mr) * mr).astype(np.int64)
+    a = np.stack([src[t:t + k] for t in a_tab[:m]])
+    b = rng.standard_normal((k, n)).astype(dtype)
+    bpack = np.zeros(-(-n // nr) * nr * k, dtype)
+    G._pack_b(b, False, 0, k, 0, n, nr, bpack)
+    G._macro_kernel_rows_a(k, src, a_tab, bpack, c, m, n, False, mr, nr, kc, tile)
+    np.testing.assert_allclose(c, a @ b, **tol)
+    start = c.copy()
+    G._macro_kernel_rows_a(k, src, a_tab, bpack, c, m, n, True, mr, nr, kc, tile)
+    np.testing.assert_allclose(c, start + a @ b, **tol)
+
+
+def test_microkernel_modes_are_checked():
+    with pytest.raises(ValueError, match="rows"):
+        G._make_microkernel(None, "rows", "rows")
