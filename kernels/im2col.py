@@ -20,17 +20,23 @@ GEMM shapes (BLAS M, N, K):
 
 The NumPy reference lowers the images side by side into one (CKK) x (N*Ho*Wo) matrix, so each
 pass is a single big GEMM (and one transpose copy of the output, (M, N, HoWo) -> (N, M, HoWo)).
-The Numba path does the opposite: each thread lowers ONE image at a time into a patch matrix
-that stays in its L2 cache, written straight in the packed order of kernels.gemm's
-micro-kernel, and multiplies it at once (see the note above _tap_tables): the patch matrix
-never goes out to memory, and there are no transposes. kernels/README.md has the figures.
+The Numba path does the opposite: each thread takes ONE image at a time and multiplies at
+once, with no transposes:
+  - stride 1 ("windows", the note above _window_offsets): every row of the patch matrix is a
+    window of the zero-padded image, so kernels.gemm's micro-kernel reads the rows in place
+    and the matrix is never written at all;
+  - other strides ("packed", the note above _tap_tables): the image is lowered into a patch
+    matrix that stays in the core's L2 cache, written straight in the micro-kernel's packed
+    order.
+kernels/README.md has the figures.
 
 Strides and padding are pure index arithmetic: column (n, oh, ow), row (c, kh, kw) reads
 x[n, c, oh*sh + kh - ph, ow*sw + kw - pw], or 0 outside the image. Nothing is computed and
 thrown away.
 
 Workspace (forward, bytes, what the NumPy reference allocates besides x, w and y; the Numba
-path's formula is in the note above _tap_tables, and workspace_bytes_numba):
+paths' formulas are in the notes above _window_offsets and _tap_tables, and
+workspace_bytes_numba):
     itemsize * (C*KH*KW * N*Ho*Wo          # cols
                 + M * N*Ho*Wo [if N > 1])  # Y_mat before its transpose into NCHW
                                            # (for N = 1 the GEMM writes straight into y)
@@ -44,7 +50,18 @@ import numpy as np
 
 from ._common import out_size, pad_nchw
 from ._numba import njit, prange, uintp, valid_range
-from .gemm import BLOCKING, _bounds, _macro_kernel, _pack_a, _pack_b, _workspace, matmul, uses_numba
+from .gemm import (
+    BLOCKING,
+    _bounds,
+    _macro_kernel,
+    _macro_kernel_rows_a,
+    _macro_kernel_rows_b,
+    _pack_a,
+    _pack_b,
+    _workspace,
+    matmul,
+    uses_numba,
+)
 
 
 def workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
@@ -157,10 +174,10 @@ def backward_numpy(dy, x, w, stride, padding, saved=None, need_dx=True):
     return dx, dw
 
 
-# --------------------------------------------------------------------------- Numba
-# The Numba path lowers ONE IMAGE at a time, and each thread takes its own images from start
-# to finish: lower image n, multiply, and (backward) scatter dcols back into dx[n], before the
-# next image. One MNIST conv2 image's patch matrix is 221 KiB, so it stays in the core's L2
+# --------------------------------------------------------------------------- Numba, any stride
+# The "packed" path (any stride; stride 1 usually takes "windows", below; _numba_path picks)
+# lowers ONE IMAGE at a time, and each thread takes its own images from start to finish: lower
+# image n, multiply, and (backward) scatter dcols back into dx[n], before the next image. One MNIST conv2 image's patch matrix is 221 KiB, so it stays in the core's L2
 # cache between the copy and the GEMM that reads it; the whole-batch matrix (14.4 MB) went out
 # to memory and back three times (im2col, forward GEMM, weight-gradient GEMM), dcols twice.
 #   - With one image per GEMM, W_mat @ cols is (M x HoWo) = y[n] itself and dY_mat is dy[n]:
@@ -341,6 +358,187 @@ def _backward_images(dy, x, wtpack, off, base, kh, kw, sh, sw, ph, pw, dx, dw_pa
                 _col2im_image(dcols_bufs[t], n, kh, kw, sh, sw, ph, pw, ho, wo, dx)
 
 
+# --------------------------------------------------------------------------- Numba, stride 1
+# With stride 1 the patch matrix need not be written at all. Compute the output over the
+# padded width: output "pixel" p = oh*Wp + ow for ow < Wp, of which ow >= Wo are extra
+# columns, computed and dropped (Wp - Wo = KW - 1 of every Wp). Then
+#     cols[(c, i, j), p] = xpad[c*Hp*Wp + (oh + i)*Wp + ow + j] = xpad[off[(c, i, j)] + p]
+# so row r of the patch matrix is the padded image itself, from off[r] on: KH*KW shifted
+# windows of every channel plane, overlapping. The micro-kernel reads them in place
+# (kernels.gemm's "rows" operands), and im2col's copy, a third of its time, is gone.
+#
+#   forward   Y_ext (M x Ho*Wp) = W_mat @ cols          B rows: xpad + off[r]
+#             y[n] = Y_ext without its extra columns
+#   dW        dW^T (CKK x M) += cols @ dY_ext^T         A rows: xpad + off[r]; dY_ext^T packed,
+#                                                       zero in the extra columns
+#   dX        dX_ext (C x H*Wp) = W2 @ dZ               the "full" convolution of dy with the
+#             W2[c, (m, i, j)] = w[m, c, i, j]          flipped kernel, as one GEMM of depth
+#             dZ[(m, i, j), q] = dz[m, base + q - i*Wp - j]     M*KH*KW: B rows are windows of
+#             dx[n] = dX_ext's pixels inside the padding        dz (dy spread over Wp-wide rows,
+#                                                               zero around and between)
+# An extra column reads across a row end into the next row: harmless, as its result is
+# dropped. Every kept result reads only its own window, because every wrapped read of a kept
+# column lands in an extra (zero) column of dz, and a forward window never wraps (ow + j <
+# Wo + KW - 1 = Wp). The price is the (KW - 1) / Wp wasted columns (conv2: 2 of 16), so the
+# path is taken when that is at most a third.
+#
+# Workspace of this forward, in numbers (T = threads):
+#     T * (C*Hp*Wp + KW + VL  +  M*Ho*Wp)     xpad (a window's last vector may read KW + VL
+#                                             past the planes) + Y_ext
+#     + ceil(M / MR)*MR * C*KH*KW             the packed weights
+# The backward allocates per thread xpad, the packed dY_ext^T (ceil(M/NR)*NR * Ho*Wp), dz
+# (M rows of (KH-1)*Wp + KW-1 + (ph+H)*Wp + VL), dX_ext (C*H*Wp) and a dW^T sum (CKK*M); and
+# the packed W2 once. Each thread writes only its own buffers and its own images' dx.
+
+
+def _window_offsets(c, kh, kw, hp, wp, mr):
+    """off[(c, i, j)] = c*Hp*Wp + i*Wp + j, padded to whole MR-row panels with its last entry."""
+    cc, ii, jj = np.meshgrid(np.arange(c), np.arange(kh), np.arange(kw), indexing="ij")
+    off = (cc * hp * wp + ii * wp + jj).ravel().astype(np.int64)
+    return np.concatenate([off, np.full(_panels(off.size, mr) - off.size, off[-1])])
+
+
+def _uses_windows(stride, kw, wp):
+    return tuple(stride) == (1, 1) and 3 * (kw - 1) <= wp
+
+
+@njit(cache=True)
+def _crop(src, ld, first, rows, width, dst, n):
+    """dst[n] (rows x width, flat) = src's rows of ld numbers, from column `first` on."""
+    sf = src.ravel()
+    df = dst.ravel()
+    base = uintp(n * rows * width)
+    for r in range(rows):
+        s = uintp(r * ld + first)
+        d = base + uintp(r * width)
+        for j in range(width):
+            df[d + uintp(j)] = sf[s + uintp(j)]
+
+
+@njit(parallel=True, cache=True)
+def _forward_windows(x, wpack, off, ckk, ph, pw, y, bounds, xpads, yexts, mr, nr, kc, tiles):
+    """Thread t, for its images n: y[n] = W_mat @ cols(x[n]), cols read in place in xpad."""
+    m, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    wp = x.shape[3] + 2 * pw
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            _pad_image(x, n, ph, pw, xpads[t])
+            _macro_kernel_rows_b(ckk, wpack, xpads[t], off, yexts[t], m, ho * wp, False,
+                                 mr, nr, kc, tiles[t])
+            _crop(yexts[t], wp, 0, m * ho, wo, y, n)
+
+
+@njit(cache=True)
+def _spread_dy(dy, n, wp, lead, lz, dz):
+    """dz[m*lz + lead + oh*Wp + ow] = dy[n, m, oh, ow]; the rest of dz stays zero."""
+    _, m_out, ho, wo = dy.shape
+    dyf = dy.ravel()
+    for m in range(m_out):
+        for oh in range(ho):
+            s = uintp(((n * m_out + m) * ho + oh) * wo)
+            d = uintp(m * lz + lead + oh * wp)
+            for ow in range(wo):
+                dz[d + uintp(ow)] = dyf[s + uintp(ow)]
+
+
+@njit(cache=True)
+def _pack_dy_t(dy, n, wp, nr, bpack):
+    """B = dY_ext^T (Ho*Wp x M) as the GEMM packs it: bpack[q, oh*Wp + ow, j] = dy[n, q*NR + j,
+    oh, ow]. Extra columns (ow >= Wo) and rows past M are left as they are: zero."""
+    _, m_out, ho, wo = dy.shape
+    k = ho * wp
+    dyf = dy.ravel()
+    for q in range((m_out + nr - 1) // nr):
+        width = min(nr, m_out - q * nr)
+        for oh in range(ho):
+            for ow in range(wo):
+                d = uintp((q * k + oh * wp + ow) * nr)
+                s = uintp(((n * m_out + q * nr) * ho + oh) * wo + ow)
+                for j in range(width):
+                    bpack[d + uintp(j)] = dyf[s + uintp(j * ho * wo)]
+
+
+@njit(parallel=True, cache=True)
+def _backward_windows(dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts, need_dx,
+                      bounds, xpads, dypacks, dzs, dxexts, mr, nr, kc, tiles):
+    """Thread t, for its images n: dwt_parts[t] += cols(x[n]) @ dY_ext^T, and
+    dx[n] = W2 @ dZ without its extra columns."""
+    c, h, wd = x.shape[1], x.shape[2], x.shape[3]
+    m, ho = dy.shape[1], dy.shape[2]
+    ckk = dwt_parts.shape[1]
+    wp = wd + 2 * pw
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            _pad_image(x, n, ph, pw, xpads[t])
+            _pack_dy_t(dy, n, wp, nr, dypacks[t])
+            _macro_kernel_rows_a(ho * wp, xpads[t], off, dypacks[t], dwt_parts[t], ckk, m,
+                                 n > bounds[t], mr, nr, kc, tiles[t])
+            if need_dx:
+                _spread_dy(dy, n, wp, lead, lz, dzs[t])
+                _macro_kernel_rows_b(dtab.shape[0], w2pack, dzs[t], dtab, dxexts[t], c,
+                                     h * wp, False, mr, nr, kc, tiles[t])
+                _crop(dxexts[t], wp, pw, c * h, wd, dx, n)
+
+
+def _forward_numba_windows(x, w, padding, y, parts):
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    ph, pw = padding
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    ho = hp - kh + 1
+    blk = BLOCKING[x.dtype]
+    mr, nr, vl = blk["mr"], blk["nr"], blk["vl"]
+    ckk = c * kh * kw
+    off = _window_offsets(c, kh, kw, hp, wp, mr)
+    wpack = np.empty(_panels(m, mr) * ckk, dtype=x.dtype)
+    _pack_a(w.reshape(m, ckk), False, 0, m, 0, ckk, mr, wpack)
+    xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=x.dtype)
+    yexts = np.empty((parts, m, ho * wp), dtype=x.dtype)
+    tiles = _workspace.get(x.dtype, parts, blk)[2]
+    _forward_windows(x, wpack, off, ckk, ph, pw, y, _bounds(n, parts, 1), xpads, yexts,
+                     mr, nr, blk["kc"], tiles)
+    return y
+
+
+def _backward_numba_windows(dy, x, w, padding, need_dx, dx, parts):
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    ph, pw = padding
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    ho = dy.shape[2]
+    blk = BLOCKING[x.dtype]
+    mr, nr, vl, dt = blk["mr"], blk["nr"], blk["vl"], x.dtype
+    ckk = c * kh * kw
+    off = _window_offsets(c, kh, kw, hp, wp, mr)
+    xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
+    dypacks = np.zeros((parts, _panels(m, nr) * ho * wp), dtype=dt)
+    dwt_parts = np.empty((parts, ckk, m), dtype=dt)
+    lead = (kh - 1) * wp + kw - 1  # dz: a zero margin before dy ...
+    lz = lead + (ph + h) * wp + vl  # ... and after it, in every channel's row of dz
+    if need_dx:
+        mm, ii, jj = np.meshgrid(np.arange(m), np.arange(kh), np.arange(kw), indexing="ij")
+        dtab = (mm * lz + lead + (ph - ii) * wp - jj).ravel().astype(np.int64)
+        w2pack = np.empty(_panels(c, mr) * m * kh * kw, dtype=dt)
+        _pack_a(w.transpose(1, 0, 2, 3).reshape(c, m * kh * kw), False, 0, c, 0, m * kh * kw,
+                mr, w2pack)
+        dzs = np.zeros((parts, m * lz), dtype=dt)
+        dxexts = np.empty((parts, c, h * wp), dtype=dt)
+    else:
+        dtab = np.empty(0, np.int64)
+        w2pack = np.empty(0, dt)
+        dzs = np.empty((parts, 0), dtype=dt)
+        dxexts = np.empty((parts, 0, 0), dtype=dt)
+        dx = np.empty((0, c, h, wd), dt)
+    tiles = _workspace.get(dt, parts, blk)[2]
+    _backward_windows(dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts, need_dx,
+                      _bounds(n, parts, 1), xpads, dypacks, dzs, dxexts, mr, nr, blk["kc"],
+                      tiles)
+    dwt = dwt_parts[0]
+    for t in range(1, parts):
+        dwt += dwt_parts[t]
+    return np.ascontiguousarray(dwt.T).reshape(w.shape)
+
+
 # Threads take whole images when one image's patch matrix is at most this big: it must stay in
 # the core's L2 (1 MiB here) for the scheme to pay. The wide benchmark layer (64 channels,
 # 56 x 56, 3x3: 6.7 MB an image) ran 7% faster image by image with the parallel GEMM, whose
@@ -348,15 +546,25 @@ def _backward_images(dy, x, wtpack, off, base, kh, kw, sh, sw, ph, pw, dx, dw_pa
 PER_THREAD_IMAGE_BYTES = 1 << 20
 
 
-def _threads_for(x_shape, w_shape, ho, wo, dtype):
-    """Threads that take whole images (0: go image by image with a parallel GEMM each)."""
-    n, c, _, _ = x_shape
+def _numba_path(x_shape, w_shape, stride, padding, ho, wo, dtype, need_dx=False):
+    """(path, threads): how the Numba im2col runs this layer's forward (or backward).
+      "windows"     stride 1: threads take whole images, patch matrix read in place in xpad;
+      "packed"      threads take whole images, each lowered into packed panels in L2;
+      "one-by-one"  images one by one, plain cols and a parallel GEMM each (threads 0).
+    A backward that needs dx of fewer channels than the micro-kernel's MR rows (a first
+    layer's 1 or 3) does not take "windows": there the dX GEMM has one row per input channel,
+    and most of every MR-row tile would be computed for nothing."""
+    n, c, _, wd = x_shape
     _, _, kh, kw = w_shape
     threads = numba.get_num_threads()
-    image_bytes = np.dtype(dtype).itemsize * c * kh * kw * ho * wo
-    if not uses_numba(dtype) or n < threads or image_bytes > PER_THREAD_IMAGE_BYTES:
-        return 0
-    return threads
+    if not uses_numba(dtype) or n < threads:
+        return "one-by-one", 0
+    if (_uses_windows(stride, kw, wd + 2 * padding[1])
+            and not (need_dx and c < BLOCKING[np.dtype(dtype)]["mr"])):
+        return "windows", threads
+    if np.dtype(dtype).itemsize * c * kh * kw * ho * wo > PER_THREAD_IMAGE_BYTES:
+        return "one-by-one", 0
+    return "packed", threads
 
 
 def _panels(size, width):
@@ -365,19 +573,22 @@ def _panels(size, width):
 
 
 def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
-    """The Numba forward's buffers (see the formula above forward_numba's helpers)."""
+    """The Numba forward's buffers (see the formulas above _window_offsets and _tap_tables)."""
     n, c, h, wd = x_shape
     m, _, kh, kw = w_shape
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
     ckk = c * kh * kw
     dtype = np.float32 if itemsize == 4 else np.float64
-    parts = _threads_for(x_shape, w_shape, ho, wo, dtype)
-    if not parts:
+    path, parts = _numba_path(x_shape, w_shape, stride, padding, ho, wo, dtype)
+    if path == "one-by-one":
         return itemsize * ckk * ho * wo
     blk = BLOCKING[np.dtype(dtype)]
-    xpad = c * (h + 2 * padding[0]) * (wd + 2 * padding[1])
+    hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
+    wpack = _panels(m, blk["mr"]) * ckk
+    if path == "windows":
+        return itemsize * (parts * (c * hp * wp + kw + blk["vl"] + m * ho * wp) + wpack)
     packed = _panels(ho * wo, blk["nr"]) * ckk
-    return itemsize * (parts * (xpad + packed) + _panels(m, blk["mr"]) * ckk)
+    return itemsize * (parts * (c * hp * wp + packed) + wpack)
 
 
 def forward_numba(x, w, stride, padding, saved=None):
@@ -388,8 +599,10 @@ def forward_numba(x, w, stride, padding, saved=None):
     hw, ckk = ho * wo, c * kh * kw
     w_mat = w.reshape(m, ckk)
     y = np.empty((n, m, hw), dtype=x.dtype)
-    parts = _threads_for(x.shape, w.shape, ho, wo, x.dtype)
-    if parts:
+    path, parts = _numba_path(x.shape, w.shape, stride, padding, ho, wo, x.dtype)
+    if path == "windows":
+        _forward_numba_windows(x, w, padding, y.reshape(n, m, ho, wo), parts)
+    elif path == "packed":
         blk = BLOCKING[x.dtype]
         mr, nr = blk["mr"], blk["nr"]
         off, base = _tap_tables(c, h, wd, kh, kw, stride, padding, ho, wo)
@@ -416,8 +629,10 @@ def backward_numba(dy, x, w, stride, padding, saved=None, need_dx=True):
     hw, ckk = ho * wo, c * kh * kw
     w_mat = w.reshape(m, ckk)
     dx = np.empty_like(x) if need_dx else None
-    parts = _threads_for(x.shape, w.shape, ho, wo, x.dtype)
-    if parts:
+    path, parts = _numba_path(x.shape, w.shape, stride, padding, ho, wo, x.dtype, need_dx)
+    if path == "windows":
+        return dx, _backward_numba_windows(dy, x, w, padding, need_dx, dx, parts)
+    if path == "packed":
         blk = BLOCKING[x.dtype]
         mr, nr, dt = blk["mr"], blk["nr"], x.dtype
         off, base = _tap_tables(c, h, wd, kh, kw, stride, padding, ho, wo)

@@ -85,38 +85,59 @@ def test_im2col_workspace_formula(monkeypatch):
     # MNIST conv2, float32. NumPy reference: cols (32*9) x (64*14*14) + Y_mat 64 x (64*14*14).
     args = ((64, 32, 14, 14), (64, 32, 3, 3), 1, 1)
     assert kernels.workspace_bytes("im2col", *args, backend="numpy") == 4 * (288 + 64) * 12544
-    # Numba, one image per thread at a time: a padded image (32 x 16 x 16) and its patch
-    # matrix packed in 48-column panels (288 x 240: 196 columns in 5 panels) per thread,
-    # plus the packed weights (64 x 288).
     from kernels import gemm, im2col
 
     monkeypatch.setattr(gemm, "MODE", "numba")
     threads = numba.get_num_threads()
-    per_thread = 32 * 16 * 16 + 288 * 240
+    # Numba, stride 1 ("windows"): per thread a padded image (32 x 16 x 16, plus KW + VL =
+    # 3 + 16 numbers that a window's last vector may read) and the output over the padded
+    # width (64 x 14*16); plus the packed weights (64 x 288). No patch matrix at all.
+    per_thread = 32 * 16 * 16 + 3 + 16 + 64 * 14 * 16
     assert kernels.workspace_bytes("im2col", *args, backend="numba") == (
         4 * (threads * per_thread + 64 * 288))
     assert im2col.workspace_bytes_numba(*args[:2], (1, 1), (1, 1), 4) < (
         kernels.workspace_bytes("im2col", *args, backend="numpy") / 10)
+    # Lowered into packed panels ("packed"): the padded image and its patch matrix in
+    # 48-column panels (288 x 240: 196 columns in 5 panels) per thread, plus the weights.
+    monkeypatch.setattr(im2col, "_uses_windows", lambda *a: False)
+    per_thread = 32 * 16 * 16 + 288 * 240
+    assert kernels.workspace_bytes("im2col", *args, backend="numba") == (
+        4 * (threads * per_thread + 64 * 288))
     monkeypatch.setattr(gemm, "MODE", "blas")  # image by image in Python: one plain cols
     assert kernels.workspace_bytes("im2col", *args, backend="numba") == 4 * 288 * 196
 
 
-@pytest.mark.parametrize("path", ["per-thread", "one-by-one", "blas"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", [
+IM2COL_CASES = [  # x shape, w shape, stride, padding
     ((5, 3, 9, 8), (4, 3, 3, 2), (2, 1), (1, 1)),
     ((4, 2, 7, 7), (50, 2, 1, 4), (1, 3), (0, 2)),    # M over one MR x NR tile, 1 x 4 taps
     ((3, 17, 6, 11), (9, 17, 3, 3), (1, 1), (1, 1)),  # C*K*K = 153: several NR panels
     ((2, 1, 30, 30), (5, 1, 5, 5), (3, 2), (2, 0)),   # Ho*Wo = 10 x 13: an edge NR panel
-])
+    ((4, 9, 12, 10), (20, 9, 3, 4), (1, 1), (2, 1)),  # stride 1, non-square, uneven padding
+    ((2, 3, 10, 13), (70, 3, 5, 3), (1, 1), (0, 2)),  # stride 1, dx of 3 channels (< MR)
+    ((3, 10, 5, 6), (4, 10, 1, 1), (1, 1), (0, 0)),   # 1 x 1: windows with no extra column
+]
+
+
+def _im2col_path_params():
+    for case in IM2COL_CASES:
+        for path in ("windows", "packed", "one-by-one", "blas"):
+            if path == "windows" and case[2] != (1, 1):
+                continue  # windows are a stride-1 path
+            yield pytest.param(path, case, id=f"{path}-{case[0]}-{case[1]}-s{case[2]}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("path,case", list(_im2col_path_params()))
 def test_im2col_numba_paths(monkeypatch, path, dtype, case):
-    """The Numba im2col's three paths against the NumPy reference: threads taking whole
-    images (our GEMM), images one by one with a parallel GEMM each, and NumPy's BLAS; with
-    honest workspace on each."""
+    """The Numba im2col's paths against the NumPy reference: threads taking whole images
+    (the patch matrix read in place, or lowered into packed panels; our GEMM), images one by
+    one with a parallel GEMM each, and NumPy's BLAS; with honest workspace on each."""
     from kernels import gemm, im2col
 
     xs, ws, stride, padding = case
     monkeypatch.setattr(gemm, "MODE", "blas" if path == "blas" else "numba")
+    if path in ("packed", "one-by-one"):
+        monkeypatch.setattr(im2col, "_uses_windows", lambda *a: False)
     if path == "one-by-one":
         monkeypatch.setattr(im2col, "PER_THREAD_IMAGE_BYTES", 0)
     rng = np.random.default_rng(1)
@@ -124,7 +145,8 @@ def test_im2col_numba_paths(monkeypatch, path, dtype, case):
     w = rng.standard_normal(ws).astype(dtype)
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     ho, wo = im2col.out_size(*xs[2:], *ws[2:], stride, padding)
-    assert (im2col._threads_for(xs, ws, ho, wo, dtype) > 0) == (path == "per-thread")
+    want_path = "one-by-one" if path == "blas" else path
+    assert im2col._numba_path(xs, ws, stride, padding, ho, wo, dtype)[0] == want_path
     y = im2col.forward_numba(x, w, stride, padding)
     np.testing.assert_allclose(y, im2col.forward_numpy(x, w, stride, padding), **tol)
     dy = rng.standard_normal(y.shape).astype(dtype)
@@ -138,3 +160,21 @@ def test_im2col_numba_paths(monkeypatch, path, dtype, case):
     got = measured_workspace(im2col.forward_numba, x, w, stride, padding, "numba")
     want = kernels.workspace_bytes("im2col", x.shape, w.shape, stride, padding, dtype)
     assert want <= got <= want + SLACK
+
+
+def test_im2col_windows_backward_path(monkeypatch):
+    """A stride-1 backward takes the windows path, except for dx of fewer channels than MR
+    (there it lowers into packed panels); the forward always takes it at stride 1."""
+    from kernels import gemm, im2col
+
+    monkeypatch.setattr(gemm, "MODE", "numba")
+    mr = gemm.BLOCKING[np.dtype(np.float32)]["mr"]
+    for c, dx_path in ((1, "packed"), (mr - 1, "packed"), (mr, "windows"), (32, "windows")):
+        xs, ws = (4, c, 14, 14), (16, c, 3, 3)
+        args = (xs, ws, (1, 1), (1, 1), 14, 14, np.float32)
+        assert im2col._numba_path(*args)[0] == "windows"
+        assert im2col._numba_path(*args, need_dx=False)[0] == "windows"
+        assert im2col._numba_path(*args, need_dx=True)[0] == dx_path
+    # too many extra columns: a 5-wide kernel over an 8-wide padded row wastes 4 of every 8
+    assert im2col._numba_path((4, 8, 8, 8), (8, 8, 5, 5), (1, 1), (0, 0), 4, 4,
+                              np.float32)[0] == "packed"
