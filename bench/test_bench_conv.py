@@ -51,11 +51,22 @@ def conv_flops(x_shape, w_shape, stride, padding):
     return 2 * n * m * ho * wo * c * kh * kw
 
 
+# Every test first calls its function for at least SETTLE_S seconds, untimed. Thread pools
+# keep spinning after their last call: OpenBLAS's workers for tens of milliseconds, which on
+# 2 cores made the Numba im2col's conv2 forward measure 1.68 ms right after the NumPy im2col
+# (whose GEMMs are OpenBLAS's) and 1.15 ms on its own. Settling lets the previous test's
+# threads go to sleep, whichever engine it ran.
+SETTLE_S = 0.25
+
+
 def run_timed(benchmark, fn):
     fn()  # warm-up: compiles Numba kernels, spins up BLAS/OpenMP threads
-    t = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t
+    start = time.perf_counter()
+    calls = 0
+    while calls < 2 or time.perf_counter() - start < SETTLE_S:
+        fn()
+        calls += 1
+    once = (time.perf_counter() - start) / calls
     rounds = int(min(20, max(2, TARGET_S / max(once, 1e-6))))
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
 

@@ -45,6 +45,8 @@ workspace_bytes_numba):
 The NumPy backward allocates cols again (unless `saved` hands it the forward's), dcols (same
 size), dY_mat (M x N*Ho*Wo, if N > 1) and a padded dx. See backward_workspace_bytes.
 """
+import functools
+
 import numba
 import numpy as np
 
@@ -177,8 +179,9 @@ def backward_numpy(dy, x, w, stride, padding, saved=None, need_dx=True):
 # --------------------------------------------------------------------------- Numba, any stride
 # The "packed" path (any stride; stride 1 usually takes "windows", below; _numba_path picks)
 # lowers ONE IMAGE at a time, and each thread takes its own images from start to finish: lower
-# image n, multiply, and (backward) scatter dcols back into dx[n], before the next image. One MNIST conv2 image's patch matrix is 221 KiB, so it stays in the core's L2
-# cache between the copy and the GEMM that reads it; the whole-batch matrix (14.4 MB) went out
+# image n, multiply, and (backward) scatter dcols back into dx[n], before the next image.
+# One MNIST conv2 image's patch matrix is 221 KiB, so it stays in the core's L2 cache
+# between the copy and the GEMM that reads it; the whole-batch matrix (14.4 MB) went out
 # to memory and back three times (im2col, forward GEMM, weight-gradient GEMM), dcols twice.
 #   - With one image per GEMM, W_mat @ cols is (M x HoWo) = y[n] itself and dY_mat is dy[n]:
 #     no reorders between (M, N*HoWo) and (N, M, HoWo).
@@ -391,11 +394,25 @@ def _backward_images(dy, x, wtpack, off, base, kh, kw, sh, sw, ph, pw, dx, dw_pa
 # the packed W2 once. Each thread writes only its own buffers and its own images' dx.
 
 
+@functools.lru_cache(maxsize=64)
 def _window_offsets(c, kh, kw, hp, wp, mr):
-    """off[(c, i, j)] = c*Hp*Wp + i*Wp + j, padded to whole MR-row panels with its last entry."""
-    cc, ii, jj = np.meshgrid(np.arange(c), np.arange(kh), np.arange(kw), indexing="ij")
-    off = (cc * hp * wp + ii * wp + jj).ravel().astype(np.int64)
-    return np.concatenate([off, np.full(_panels(off.size, mr) - off.size, off[-1])])
+    """off[(c, i, j)] = c*Hp*Wp + i*Wp + j, padded to whole MR-row panels with its last entry.
+    (Cached per layer shape, read-only: a training step asks for the same tables each time.)"""
+    taps = (np.arange(kh)[:, None] * wp + np.arange(kw)).ravel()
+    off = (np.arange(c)[:, None] * (hp * wp) + taps).ravel().astype(np.int64)
+    off = np.concatenate([off, np.full(_panels(off.size, mr) - off.size, off[-1])])
+    off.flags.writeable = False
+    return off
+
+
+@functools.lru_cache(maxsize=64)
+def _dz_rows(m, kh, kw, wp, ph, lead, lz):
+    """dtab[(m, i, j)] = m*lz + lead + (ph - i)*Wp - j: row (m, i, j) of dZ starts there in dz.
+    (Cached like _window_offsets.)"""
+    taps = (ph * wp - np.arange(kh)[:, None] * wp - np.arange(kw)).ravel()
+    dtab = (np.arange(m)[:, None] * lz + lead + taps).ravel().astype(np.int64)
+    dtab.flags.writeable = False
+    return dtab
 
 
 def _uses_windows(stride, kw, wp):
@@ -516,8 +533,7 @@ def _backward_numba_windows(dy, x, w, padding, need_dx, dx, parts):
     lead = (kh - 1) * wp + kw - 1  # dz: a zero margin before dy ...
     lz = lead + (ph + h) * wp + vl  # ... and after it, in every channel's row of dz
     if need_dx:
-        mm, ii, jj = np.meshgrid(np.arange(m), np.arange(kh), np.arange(kw), indexing="ij")
-        dtab = (mm * lz + lead + (ph - ii) * wp - jj).ravel().astype(np.int64)
+        dtab = _dz_rows(m, kh, kw, wp, ph, lead, lz)
         w2pack = np.empty(_panels(c, mr) * m * kh * kw, dtype=dt)
         _pack_a(w.transpose(1, 0, 2, 3).reshape(c, m * kh * kw), False, 0, c, 0, m * kh * kw,
                 mr, w2pack)
