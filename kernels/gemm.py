@@ -122,6 +122,17 @@ def _ir_tools(context, builder, signature, dt, vl):
     return vty, fma, data, const
 
 
+def tile_shape(dtype, a_mode="packed"):
+    """(MR, NR), the register tile of C. Reading A's rows in place costs a load per row and
+    per k, wherever packed A's MR numbers sit side by side; a 6 x 4-vector tile (float32:
+    6 x 64) loads 6 + 4 numbers per 24 FMAs, against 8 + 3 for the 8 x 3-vector one, and
+    covers a 64-wide C (a weight gradient's output channels) with no edge tile."""
+    blk = BLOCKING[np.dtype(dtype)]
+    if a_mode == "rows":
+        return 6, 4 * blk["vl"]
+    return blk["mr"], blk["nr"]
+
+
 def _make_microkernel(vectors, a_mode="packed", b_mode="packed"):
     """The micro-kernel over the first `vectors` VL-wide column groups of the B panel (None:
     all NR/VL of them; fewer for the narrow tiles at C's right edge), reading A and B as
@@ -132,9 +143,9 @@ def _make_microkernel(vectors, a_mode="packed", b_mode="packed"):
         if not isinstance(a, types.Array) or a.dtype not in (types.float32, types.float64):
             return None
         dt = np.dtype(str(a.dtype))
-        blk = BLOCKING[dt]
-        return _microkernel_ir(dt, blk["vl"], blk["mr"], blk["nr"],
-                               vectors or blk["nr"] // blk["vl"], a_mode, b_mode,
+        vl = BLOCKING[dt]["vl"]
+        mr, nr = tile_shape(dt, a_mode)
+        return _microkernel_ir(dt, vl, mr, nr, vectors or nr // vl, a_mode, b_mode,
                                types.void(*args))
 
     # (@intrinsic needs the arguments spelled out, one signature per pair of modes)
@@ -166,8 +177,8 @@ def _microkernel_ir(dt, vl, mr, nr, nv, a_mode, b_mode, sig):
     row of it anywhere in an array: MR rows of A each running along k, or per k one row of B
     (nv*VL numbers from b_tab[t0 + k] + b_off on, so the array must hold them all; a row may
     overlap the next, as the rows of a convolution's patch matrix do, see kernels/im2col.py).
-    `accumulate` false overwrites C (the first depth block), true adds to it. MR, NR and VL
-    come from the dtype (BLOCKING).
+    `accumulate` false overwrites C (the first depth block), true adds to it. VL comes from
+    the dtype (BLOCKING), MR and NR from tile_shape.
     """
     na = 2 if a_mode == "packed" else 3
     nb = 2 if b_mode == "packed" else 4
@@ -269,9 +280,10 @@ _MICRO_2 = _make_microkernel(2)
 _micro_rows_b = _make_microkernel(None, "packed", "rows")
 _MICRO_ROWS_B_1 = _make_microkernel(1, "packed", "rows")
 _MICRO_ROWS_B_2 = _make_microkernel(2, "packed", "rows")
-_micro_rows_a = _make_microkernel(None, "rows", "packed")
+_micro_rows_a = _make_microkernel(None, "rows", "packed")  # tile_shape(dt, "rows"): 4 vectors
 _MICRO_ROWS_A_1 = _make_microkernel(1, "rows", "packed")
 _MICRO_ROWS_A_2 = _make_microkernel(2, "rows", "packed")
+_MICRO_ROWS_A_3 = _make_microkernel(3, "rows", "packed")
 
 
 # --------------------------------------------------------------------------- the dot kernel
@@ -480,14 +492,15 @@ def _pack_b(b, b_t, p0, kc, j0, nc, nr, bpack):
 
 
 @njit(cache=True)
-def _store_tile(tile, c, row, col, rows, cols, add):
-    """c[row:row+rows, col:col+cols] (+)= tile[:rows, :cols]: an edge tile's valid part."""
+def _store_tile(tf, ld, c, row, col, rows, cols, add):
+    """c[row:row+rows, col:col+cols] (+)= the tile's valid part, tf[i*ld + j] (a flat scratch
+    tile of ld columns)."""
     for i in range(rows):
         for j in range(cols):
             if add:
-                c[row + i, col + j] += tile[i, j]
+                c[row + i, col + j] += tf[i * ld + j]
             else:
-                c[row + i, col + j] = tile[i, j]
+                c[row + i, col + j] = tf[i * ld + j]
 
 
 @njit(cache=True)
@@ -503,7 +516,7 @@ def _edge_tile(kc, apack, a_off, bpack, b_off, c, row, col, rows, cols, add, til
         _MICRO_2(kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
     else:
         _microkernel(kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
-    _store_tile(tile, c, row, col, rows, cols, add)
+    _store_tile(tf, nr, c, row, col, rows, cols, add)
 
 
 @njit(cache=True)
@@ -564,14 +577,15 @@ def _macro_kernel_rows_b(k, apack, b, b_tab, c, m, n, accumulate, mr, nr, kc_max
                     _MICRO_ROWS_B_2(kc, apack, a_off, b, b_tab, pc, j_r, tf, 0, nr, False)
                 else:
                     _micro_rows_b(kc, apack, a_off, b, b_tab, pc, j_r, tf, 0, nr, False)
-                _store_tile(tile, c, i_r, j_r, rows, cols, add)
+                _store_tile(tf, nr, c, i_r, j_r, rows, cols, add)
 
 
 @njit(cache=True)
 def _macro_kernel_rows_a(k, a, a_tab, bpack, c, m, n, accumulate, mr, nr, kc_max, tile):
     """c[:m, :n] (+)= A @ B,  A[i, kk] = a[a_tab[i] + kk] (a_tab holds ceil(m/MR)*MR entries,
-    those past row m any valid offset), B packed over its whole depth k as in _macro_kernel.
-    c is C-contiguous."""
+    those past row m any valid offset), B packed over its whole depth k as in _macro_kernel,
+    in panels of NR columns. (MR, NR) must be tile_shape(dtype, "rows"); `tile` is any
+    scratch of MR*NR numbers. c is C-contiguous."""
     ldc = c.shape[1]
     cf = c.ravel()
     tf = tile.ravel()
@@ -592,9 +606,11 @@ def _macro_kernel_rows_a(k, a, a_tab, bpack, c, m, n, accumulate, mr, nr, kc_max
                     _MICRO_ROWS_A_1(kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
                 elif cols <= 2 * vl:
                     _MICRO_ROWS_A_2(kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
+                elif cols <= 3 * vl:
+                    _MICRO_ROWS_A_3(kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
                 else:
                     _micro_rows_a(kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
-                _store_tile(tile, c, i_r, j_r, rows, cols, add)
+                _store_tile(tf, nr, c, i_r, j_r, rows, cols, add)
 
 
 @njit(cache=True)

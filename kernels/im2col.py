@@ -62,6 +62,7 @@ from .gemm import (
     _pack_b,
     _workspace,
     matmul,
+    tile_shape,
     uses_numba,
 )
 
@@ -389,7 +390,8 @@ def _backward_images(dy, x, wtpack, off, base, kh, kw, sh, sw, ph, pw, dx, dw_pa
 #     T * (C*Hp*Wp + KW + VL  +  M*Ho*Wp)     xpad (a window's last vector may read KW + VL
 #                                             past the planes) + Y_ext
 #     + ceil(M / MR)*MR * C*KH*KW             the packed weights
-# The backward allocates per thread xpad, the packed dY_ext^T (ceil(M/NR)*NR * Ho*Wp), dz
+# The backward allocates per thread xpad, the packed dY_ext^T (ceil(M/NR')*NR' * Ho*Wp, with
+# NR' the dW GEMM's tile width, kernels.gemm.tile_shape(dtype, "rows")), dz
 # (M rows of (KH-1)*Wp + KW-1 + (ph+H)*Wp + VL), dX_ext (C*H*Wp) and a dW^T sum (CKK*M); and
 # the packed W2 once. Each thread writes only its own buffers and its own images' dx.
 
@@ -477,7 +479,7 @@ def _pack_dy_t(dy, n, wp, nr, bpack):
 
 @njit(parallel=True, cache=True)
 def _backward_windows(dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts, need_dx,
-                      bounds, xpads, dypacks, dzs, dxexts, mr, nr, kc, tiles):
+                      bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc, tiles):
     """Thread t, for its images n: dwt_parts[t] += cols(x[n]) @ dY_ext^T, and
     dx[n] = W2 @ dZ without its extra columns."""
     c, h, wd = x.shape[1], x.shape[2], x.shape[3]
@@ -487,9 +489,9 @@ def _backward_windows(dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts,
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             _pad_image(x, n, ph, pw, xpads[t])
-            _pack_dy_t(dy, n, wp, nr, dypacks[t])
+            _pack_dy_t(dy, n, wp, nra, dypacks[t])
             _macro_kernel_rows_a(ho * wp, xpads[t], off, dypacks[t], dwt_parts[t], ckk, m,
-                                 n > bounds[t], mr, nr, kc, tiles[t])
+                                 n > bounds[t], mra, nra, kc, tiles[t])
             if need_dx:
                 _spread_dy(dy, n, wp, lead, lz, dzs[t])
                 _macro_kernel_rows_b(dtab.shape[0], w2pack, dzs[t], dtab, dxexts[t], c,
@@ -525,10 +527,11 @@ def _backward_numba_windows(dy, x, w, padding, need_dx, dx, parts):
     ho = dy.shape[2]
     blk = BLOCKING[x.dtype]
     mr, nr, vl, dt = blk["mr"], blk["nr"], blk["vl"], x.dtype
+    mra, nra = tile_shape(dt, "rows")  # the dW GEMM's tile: A's rows read in place
     ckk = c * kh * kw
-    off = _window_offsets(c, kh, kw, hp, wp, mr)
+    off = _window_offsets(c, kh, kw, hp, wp, mra)
     xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
-    dypacks = np.zeros((parts, _panels(m, nr) * ho * wp), dtype=dt)
+    dypacks = np.zeros((parts, _panels(m, nra) * ho * wp), dtype=dt)
     dwt_parts = np.empty((parts, ckk, m), dtype=dt)
     lead = (kh - 1) * wp + kw - 1  # dz: a zero margin before dy ...
     lz = lead + (ph + h) * wp + vl  # ... and after it, in every channel's row of dz
@@ -547,8 +550,8 @@ def _backward_numba_windows(dy, x, w, padding, need_dx, dx, parts):
         dx = np.empty((0, c, h, wd), dt)
     tiles = _workspace.get(dt, parts, blk)[2]
     _backward_windows(dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts, need_dx,
-                      _bounds(n, parts, 1), xpads, dypacks, dzs, dxexts, mr, nr, blk["kc"],
-                      tiles)
+                      _bounds(n, parts, 1), xpads, dypacks, dzs, dxexts, mr, nr, mra, nra,
+                      blk["kc"], tiles)
     dwt = dwt_parts[0]
     for t in range(1, parts):
         dwt += dwt_parts[t]

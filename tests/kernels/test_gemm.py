@@ -110,6 +110,7 @@ def test_plan_splits():
 
 ROWS_SHAPES = [  # m, n, k: one tile, edges (1-, 2-, 3-vector kernels), several depth blocks
     (8, 48, 16), (13, 37, 5), (9, 10, 1), (64, 224, 288), (30, 100, 900), (3, 20, 40),
+    (6, 64, 50), (288, 64, 224), (20, 120, 30),
 ]
 
 
@@ -139,6 +140,8 @@ def test_macro_kernels_reading_rows_in_place(shape, dtype):
     G._macro_kernel_rows_b(k, apack, src, b_tab, c, m, n, False, mr, nr, kc, tile)
     np.testing.assert_allclose(c, a @ b, **tol)
 
+    mr, nr = G.tile_shape(dtype, "rows")  # 6 x 4 vectors: a tile of its own
+    assert mr * nr == tile.size
     src = rng.standard_normal(300 + k).astype(dtype)  # A's rows overlap in here
     a_tab = rng.integers(0, 300, -(-m // mr) * mr).astype(np.int64)
     a = np.stack([src[t:t + k] for t in a_tab[:m]])
