@@ -214,14 +214,13 @@ def backward_numpy(dy, x, w, stride, padding, saved=None, need_dx=True):
 
 
 def _tap_tables(c, h, wd, kh, kw, stride, padding, ho, wo):
-    """off (C*KH*KW,) and base (Ho*Wo,): cols[r, p] = xpad[off[r] + base[p]]."""
+    """off (C*KH*KW,) and base (Ho*Wo,): cols[r, p] = xpad[off[r] + base[p]]. (off is the
+    windows path's table, _window_offsets, unpadded.)"""
     (sh, sw), (ph, pw) = stride, padding
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    cc, ii, jj = np.meshgrid(np.arange(c), np.arange(kh), np.arange(kw), indexing="ij")
-    oh, ow = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
-    off = (cc * hp * wp + ii * wp + jj).ravel()
-    base = (oh * sh * wp + ow * sw).ravel()
-    return off.astype(np.int64), base.astype(np.int64)
+    wp = wd + 2 * pw
+    off = _window_offsets(c, kh, kw, h + 2 * ph, wp, 1)
+    base = (np.arange(ho)[:, None] * (sh * wp) + np.arange(wo) * sw).ravel()
+    return off, base.astype(np.int64)
 
 
 @njit(cache=True)
@@ -500,6 +499,7 @@ def _backward_windows(dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts,
 
 
 def _forward_numba_windows(x, w, padding, y, parts):
+    """y (N, M, Ho, Wo) = the forward, on the windows path with `parts` threads."""
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     ph, pw = padding
@@ -516,10 +516,10 @@ def _forward_numba_windows(x, w, padding, y, parts):
     tiles = _workspace.get(x.dtype, parts, blk)[2]
     _forward_windows(x, wpack, off, ckk, ph, pw, y, _bounds(n, parts, 1), xpads, yexts,
                      mr, nr, blk["kc"], tiles)
-    return y
 
 
 def _backward_numba_windows(dy, x, w, padding, need_dx, dx, parts):
+    """dx (filled in place when need_dx) and the returned dw, on the windows path."""
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     ph, pw = padding
