@@ -28,7 +28,7 @@ from minigrad.allocator import retain_freed_memory  # noqa: E402
 
 retain_freed_memory()
 
-import kernels  # noqa: E402
+from minigrad import kernels  # noqa: E402
 
 LAYERS = {  # name: (x shape, w shape, stride, padding)
     "mnist-conv1": ((64, 1, 28, 28), (32, 1, 3, 3), 1, 1),

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-import kernels
+from minigrad import kernels
 
 torch = pytest.importorskip("torch")
 

@@ -10,9 +10,9 @@ settings (bench/conftest.py) apply to both.
 import numpy as np
 import pytest
 
-import kernels
 import minigrad as mg
 from minigrad import functional as F
+from minigrad import kernels
 from minigrad.data.mnist import load_mnist
 from minigrad.data.transforms import mnist_normalize
 from minigrad.models import MnistCNN

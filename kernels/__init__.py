@@ -3,7 +3,7 @@
 The contract (NCHW inputs, weights (M, C, KH, KW), float32 by default, float64 accepted;
 the output dtype is the input dtype; `stride` and `padding` take an int or a pair)::
 
-    import kernels
+    from minigrad import kernels
     y      = kernels.conv2d_forward(x, w, stride=1, padding=0, algo="im2col", backend="numba")
     dx, dw = kernels.conv2d_backward(dy, x, w, stride=1, padding=0, algo="im2col",
                                      backend="numba")
@@ -127,7 +127,7 @@ def _conv_out_shape(x_shape, w_shape, stride, padding):
 def _module(name, backend):
     """The module implementing `name` ("kn2row-aa" -> kernels.kn2row_aa), imported lazily."""
     mod = name.replace("-", "_")
-    full = f"kernels.cuda.{mod}" if backend == "cupy" else f"kernels.{mod}"
+    full = f"{__name__}.cuda.{mod}" if backend == "cupy" else f"{__name__}.{mod}"
     if backend == "cupy":
         _require_cupy()
     try:
@@ -255,7 +255,7 @@ def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, dtype=np.float3
     module = _module(algo, "numpy")
     formula = getattr(module, f"workspace_bytes_{backend}", module.workspace_bytes)
     if backend == "cupy":  # shape arithmetic only: needs no GPU
-        formula = importlib.import_module(f"kernels.cuda.{module.__name__.split('.')[-1]}")
+        formula = importlib.import_module(f"{__name__}.cuda.{module.__name__.split('.')[-1]}")
         formula = formula.workspace_bytes
     return int(formula(x_shape, w_shape, stride, padding, itemsize))
 

@@ -45,11 +45,11 @@ summing the K*K M-vectors in a small row buffer before writing them out channel-
 """
 import numpy as np
 
-from kernels import kn2row
-from kernels._common import out_size
-from kernels._numba import njit, prange, uintp, valid_range  # sets the threading layer
-from kernels.gemm import matmul
-from kernels.kn2row import SMALL_C, chunk_images, input_slice, span
+from . import kn2row
+from ._common import out_size
+from ._numba import njit, prange, uintp, valid_range  # sets the threading layer
+from .gemm import matmul
+from .kn2row import SMALL_C, chunk_images, input_slice, span
 
 
 def kernel_matrix_t(w):

@@ -50,9 +50,9 @@ the note above forward_numba's kernels; its partial holds a chunk of images, not
 """
 import numpy as np
 
-from kernels._common import out_size
-from kernels._numba import njit, prange, uintp, valid_range  # sets the threading layer
-from kernels.gemm import matmul
+from ._common import out_size
+from ._numba import njit, prange, uintp, valid_range  # sets the threading layer
+from .gemm import matmul
 
 
 # --------------------------------------------------------------------------------------------

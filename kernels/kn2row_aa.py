@@ -41,9 +41,9 @@ kernel per tap and chunk; see the note at the Numba section for the chunk's memo
 """
 import numpy as np
 
-from kernels._common import out_size
-from kernels._numba import njit, prange, uintp  # sets the threading layer
-from kernels.kn2row import SMALL_C, chunk_images, input_slice, span
+from ._common import out_size
+from ._numba import njit, prange, uintp  # sets the threading layer
+from .kn2row import SMALL_C, chunk_images, input_slice, span
 
 
 # --------------------------------------------------------------------------------------------

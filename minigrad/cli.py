@@ -14,39 +14,16 @@ import time
 
 import numpy as np
 
-TASKS = ("iris", "mnist")
-
-
-def _build_task(args):
-    """(model, train arrays, test arrays, batch transform) for a task name."""
-    from . import models
-    from .random import manual_seed
-
-    manual_seed(args.seed)
-    if args.task == "iris":
-        from .data.iris import load_iris
-
-        X_train, y_train, X_test, y_test = load_iris()
-        return models.IrisMLP(), (X_train, y_train), (X_test, y_test), None
-    if args.task == "mnist":
-        from .data.mnist import load_mnist
-        from .data.transforms import mnist_normalize
-
-        X_train, y_train, X_test, y_test = load_mnist()
-        if args.limit:
-            X_train, y_train = X_train[:args.limit], y_train[:args.limit]
-        return (models.MnistCNN(algo=args.conv), (X_train, y_train), (X_test, y_test),
-                mnist_normalize)
-    raise ValueError(f"unknown task {args.task!r}: expected one of {TASKS}")
+from .tasks import DEFAULT_EPOCHS, TASKS, task_from_args
 
 
 def cmd_train(args):
     from . import config
 
     if getattr(args, "strategy", None):
-        from .distributed.cli import cmd_train as distributed_train
+        from .distributed import cli as distributed_cli
 
-        return distributed_train(args)
+        return distributed_cli.cmd_train(args)
     from .data.loader import DataLoader
     from .train import TrainingDiverged, fit, make_optimizer
 
@@ -58,7 +35,7 @@ def cmd_train(args):
             print(f"minigrad train: --device {args.device} is not usable here: {why}",
                   file=sys.stderr)
             return 2
-    model, train_data, test_data, transform = _build_task(args)
+    model, train_data, test_data, transform = task_from_args(args)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr)
     loader = DataLoader(train_data, batch_size=args.batch_size, shuffle=True, seed=args.seed,
                         num_workers=args.workers, transform=transform)
@@ -92,30 +69,23 @@ def cmd_train(args):
 def cmd_info(args):
     import numba
 
-    from kernels._numba import threading_layer
-
     from . import __version__
     from .backend import gpu_available
+    from .kernels._numba import threading_layer
 
     lines = [f"minigrad {__version__}", f"python {platform.python_version()}",
              f"numpy {np.__version__}", f"numba {numba.__version__}"]
-    try:
-        import scipy
-
-        lines.append(f"scipy {scipy.__version__}")
-    except ImportError:
-        lines.append("scipy missing (np.dot inside Numba kernels needs it)")
     try:
         import torch
 
         lines.append(f"torch {torch.__version__} (reference only)")
     except ImportError:
         lines.append("torch not installed (only needed for tests and benchmarks)")
-    from kernels._blas import blas_info
+    from .kernels._blas import blas_info
 
     for lib, version, arch, threads in blas_info():
         lines.append(f"blas {lib} {version}, {arch} kernels, {threads} threads")
-    from kernels import gemm
+    from .kernels import gemm
 
     where = "kernels.gemm (Numba)" if gemm.uses_numba(np.float32) else "NumPy's BLAS"
     lines.append(f"gemm: float32 products on {where} (MINIGRAD_GEMM={gemm.MODE}, "
@@ -150,15 +120,15 @@ def build_parser():
     t.add_argument("--history", action="store_true", help="include per-epoch rows in --json")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on when stderr is a terminal)")
-    from .distributed.cli import add_arguments as add_distributed_arguments
+    from .distributed import cli as distributed_cli
 
-    add_distributed_arguments(t)
+    distributed_cli.add_arguments(t)
     t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("info", help="versions, threads, GPU")
     i.set_defaults(func=cmd_info)
 
-    from . import explain, plot
+    from .tools import explain, plot
 
     explain.add_parser(sub)
     plot.add_parser(sub)
@@ -169,7 +139,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "train":
         if args.epochs is None:
-            args.epochs = 100 if args.task == "iris" else 10
+            args.epochs = DEFAULT_EPOCHS[args.task]
         if args.progress is None:
             args.progress = sys.stderr.isatty()
         for name in ("epochs", "batch_size", "workers"):

@@ -7,12 +7,10 @@ and backend (numpy, numba, cupy) are a keyword away.
 """
 import numpy as np
 
-import kernels
-import kernels.channel
-from kernels.gemm import matmul as _gemm_matmul
-
-from . import config
+from . import config, kernels
 from .backend import get_array_module
+from .kernels import channel as _channel
+from .kernels.gemm import matmul as _gemm_matmul
 from .tensor import Tensor, _check_same_device
 
 
@@ -117,7 +115,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, algo=None, backend=None):
             raise ValueError(f"conv2d: bias of shape {bias.shape} does not match weight "
                              f"{weight.shape} (expected ({weight.shape[0]},))")
         if backend == "numba":
-            kernels.channel.bias_add(y, bias.data)
+            _channel.bias_add(y, bias.data)
         else:
             y += bias.data.reshape(1, -1, 1, 1)
     parents = (x, weight) if bias is None else (x, weight, bias)
@@ -128,7 +126,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, algo=None, backend=None):
                                          saved=saved, need_dx=x.requires_grad)
         if bias is None:
             return dx, dw
-        db = kernels.channel.bias_grad(g) if backend == "numba" else g.sum(axis=(0, 2, 3))
+        db = _channel.bias_grad(g) if backend == "numba" else g.sum(axis=(0, 2, 3))
         return dx, dw, db
 
     return Tensor._make(y, parents, backward, "conv2d")

@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 
-from kernels._numba import njit, prange  # (sets Numba's thread-safe threading layer)
-
 from .backend import get_array_module, to_device
+from .kernels._numba import njit, prange  # (sets Numba's thread-safe threading layer)
 
 
 class Optimizer:

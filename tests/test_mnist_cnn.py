@@ -4,9 +4,8 @@ import json
 import numpy as np
 import pytest
 
-import kernels
 import minigrad as mg
-from minigrad import cli
+from minigrad import cli, kernels
 from minigrad import functional as F
 from minigrad.data.transforms import mnist_normalize
 from minigrad.models import MnistCNN

@@ -14,8 +14,9 @@ update with SGD by construction (hogwild: plain SGD per thread; async: plain SGD
 server, rate divided by staleness; dgc: momentum-corrected SGD), so they need
 `--optimizer sgd` and an SGD learning rate.
 
-The minigrad CLI calls `add_arguments(train_parser)` and, when --strategy is given,
-`cmd_train(args)`; `run(args)` returns the summary dict (None on MPI ranks other than 0).
+The minigrad CLI (`minigrad.cli`, which owns the parser) calls `add_arguments(train_parser)`
+and, when --strategy is given, `cmd_train(args)`; `run(args)` returns the summary dict (None
+on MPI ranks other than 0). This module never imports `minigrad.cli` back.
 """
 import argparse
 import json
@@ -96,12 +97,12 @@ def check(args):
 
 def run(args):
     """Train args.task with the chosen strategy; the summary dict (None off rank 0)."""
-    from ..cli import _build_task
+    from ..tasks import task_from_args
 
     problem = check(args)
     if problem:
         raise ValueError(problem)
-    model, train_data, test_data, transform = _build_task(args)
+    model, train_data, test_data, transform = task_from_args(args)
     log = (lambda s: print(s, file=sys.stderr)) if getattr(args, "json", False) else print
     summary = train_distributed(
         args.strategy, model, train_data, test_data, transform=transform,
@@ -148,22 +149,3 @@ def cmd_train(args):
               f"({summary['train_seconds']:.2f}s training, {summary['bytes_sent']} bytes "
               f"sent{extra})")
     return 0
-
-
-def parse_args(argv):
-    """`minigrad train` arguments (ours included, see add_arguments), parsed."""
-    from .. import cli as main_cli
-
-    args = main_cli.build_parser().parse_args(["train", *argv])
-    if args.epochs is None:
-        args.epochs = 100 if args.task == "iris" else 10
-    return args
-
-
-def main(argv=None):
-    """python -m minigrad.distributed.cli mnist --strategy dgc ... (same flags as train)."""
-    return cmd_train(parse_args(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 from minigrad.data import load_iris
+from minigrad.data.iris import load_iris_table, split_indices
+
+SEED42_PERM = np.concatenate(split_indices(150, 0.2, 42)[::-1])  # test rows, then train
 
 
 @pytest.fixture(scope="module")
@@ -25,29 +28,42 @@ def test_standardised_with_train_statistics_only(iris):
     np.testing.assert_allclose(X_train.mean(axis=0), 0.0, atol=1e-6)
     np.testing.assert_allclose(X_train.std(axis=0), 1.0, atol=1e-6)
     # the test split went through the train split's affine map, not its own
-    from sklearn.datasets import load_iris as sk_load_iris
-    from sklearn.model_selection import train_test_split
-
-    X, y = sk_load_iris(return_X_y=True)
-    raw_train, raw_test, _, _ = train_test_split(X, y, test_size=0.2, random_state=42)
+    X, y = load_iris_table()
+    raw_train, raw_test = X[SEED42_PERM[30:]], X[SEED42_PERM[:30]]
     expected = (raw_test - raw_train.mean(0)) / raw_train.std(0)
     np.testing.assert_allclose(X_test, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(X_test.mean(axis=0), 0.0, atol=1e-3)
 
 
 def test_split_is_the_common_seed_42_split(iris):
-    from sklearn.datasets import load_iris as sk_load_iris
-    from sklearn.model_selection import train_test_split
+    # the first ten test rows of train_test_split(range(150), test_size=0.2, random_state=42)
+    np.testing.assert_array_equal(SEED42_PERM[:10], [73, 18, 118, 78, 76, 31, 64, 141, 68, 82])
+    _, y = load_iris_table()
+    np.testing.assert_array_equal(iris[1], y[SEED42_PERM[30:]])
+    np.testing.assert_array_equal(iris[3], y[SEED42_PERM[:30]])
 
-    X, y = sk_load_iris(return_X_y=True)
-    _, _, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=42)
-    np.testing.assert_array_equal(iris[1], y_train)
-    np.testing.assert_array_equal(iris[3], y_test)
+
+def test_split_matches_scikit_learn_where_installed(iris):
+    sklearn = pytest.importorskip("sklearn.model_selection")
+    X, y = load_iris_table()
+    for seed, size in ((42, 0.2), (0, 0.5), (7, 0.33)):
+        _, _, y_train, y_test = sklearn.train_test_split(X, y, test_size=size,
+                                                         random_state=seed)
+        got = load_iris(seed=seed, test_size=size)
+        np.testing.assert_array_equal(got[1], y_train)
+        np.testing.assert_array_equal(got[3], y_test)
+
+
+def test_table_is_fishers_iris():
+    X, y = load_iris_table()
+    assert X.shape == (150, 4) and np.bincount(y).tolist() == [50, 50, 50]
+    np.testing.assert_allclose(X[0], [5.1, 3.5, 1.4, 0.2])      # the first setosa
+    np.testing.assert_allclose(X.mean(0), [5.8433, 3.0573, 3.758, 1.1993], atol=1e-4)
 
 
 def test_deterministic_and_seed_dependent(iris):
     again = load_iris()
-    for a, b in zip(iris, again):
+    for a, b in zip(iris, again, strict=True):
         np.testing.assert_array_equal(a, b)
     other = load_iris(seed=0)
     assert not np.array_equal(iris[1], other[1])

@@ -3,7 +3,16 @@ import json
 
 import pytest
 
-from minigrad.distributed import cli as dcli
+from minigrad import cli
+
+
+def dmain(argv):
+    """`minigrad train ARGV...` through the one CLI entry point."""
+    return cli.main(["train", *argv])
+
+
+def parse(argv):
+    return cli.build_parser().parse_args(["train", *argv])
 
 SUMMARY_KEYS = ("task", "epochs", "test_accuracy", "train_seconds", "seconds_per_epoch",
                 "strategy", "workers", "bytes_sent", "dense_bytes", "compression_ratio",
@@ -20,7 +29,7 @@ COMMON = ["mnist", "--limit", "2000", "--epochs", "1", "--eval-limit", "500", "-
     ("dgc", []),  # the default 1-epoch warm-up: this run never reaches final sparsity
 ])
 def test_each_strategy_learns_mnist_subset(strategy, extra, capsys):
-    code = dcli.main([*COMMON, "--strategy", strategy, *extra])
+    code = dmain([*COMMON, "--strategy", strategy, *extra])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in SUMMARY_KEYS:
@@ -41,7 +50,7 @@ def test_each_strategy_learns_mnist_subset(strategy, extra, capsys):
 
 def test_human_readable_line(capsys):
     argv = [a for a in COMMON if a != "--json"]
-    assert dcli.main([*argv, "--strategy", "sync", "--limit", "300"]) == 0
+    assert dmain([*argv, "--strategy", "sync", "--limit", "300"]) == 0
     assert "sync x3 (threads): test accuracy" in capsys.readouterr().out
 
 
@@ -51,20 +60,20 @@ def test_human_readable_line(capsys):
     (["--strategy", "sync", "--workers", "0"], "--workers"),
 ])
 def test_bad_combinations_exit_2(argv, message, capsys):
-    assert dcli.main(["iris", "--epochs", "1", "--optimizer", "sgd", *argv]) == 2
+    assert dmain(["iris", "--epochs", "1", "--optimizer", "sgd", *argv]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_add_arguments_defaults():
-    args = dcli.parse_args(["iris", "--strategy", "async"])
+    args = parse(["iris", "--strategy", "async"])
     assert args.comm == "threads" and args.staleness_aware is True
     assert args.staleness_bound is None and args.dgc_warmup_epochs == 1.0
-    assert dcli.parse_args(["iris", "--no-staleness-aware"]).staleness_aware is False
-    assert dcli.parse_args(["iris"]).strategy is None
+    assert parse(["iris", "--no-staleness-aware"]).staleness_aware is False
+    assert parse(["iris"]).strategy is None
 
 
 def test_injected_faults_from_the_command_line(capsys):
-    code = dcli.main(["iris", "--epochs", "3", "--optimizer", "sgd", "--lr", "0.1",
+    code = dmain(["iris", "--epochs", "3", "--optimizer", "sgd", "--lr", "0.1",
                       "--strategy", "async", "--workers", "3", "--json",
                       "--inject-failure", "1:2", "--inject-stall", "2:1:1.0",
                       "--ps-timeout", "0.3", "--ack-timeout", "0.5"])

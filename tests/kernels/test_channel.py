@@ -1,8 +1,7 @@
 """kernels.channel: the per-channel bias add and its gradient, against NumPy."""
 import numpy as np
 import pytest
-
-from kernels import channel
+from minigrad.kernels import channel
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-import kernels
+from minigrad import kernels
 
 X = np.zeros((2, 3, 8, 8), np.float32)
 W = np.zeros((4, 3, 3, 3), np.float32)

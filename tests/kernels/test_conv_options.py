@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-import kernels
+from minigrad import kernels
 
 
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)

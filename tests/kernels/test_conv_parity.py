@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import kernels
+from minigrad import kernels
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -3,9 +3,9 @@ import os
 import threading
 
 import numpy as np
+from minigrad.kernels import _numba
 
-import kernels
-from kernels import _numba
+from minigrad import kernels
 
 
 def test_threading_layer_is_threadsafe():

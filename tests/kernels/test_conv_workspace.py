@@ -13,7 +13,7 @@ import numba
 import numpy as np
 import pytest
 
-import kernels
+from minigrad import kernels
 
 MINE = ("direct", "im2col", "im2row")  # modules that follow the padded-copy convention above
 SLACK = 16 * 1024
@@ -54,7 +54,7 @@ def test_workspace_matches_allocation(algo, backend, shape, dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
-    mod = importlib.import_module("kernels." + algo)
+    mod = importlib.import_module("minigrad.kernels." + algo)
     fn = getattr(mod, "forward_" + backend)
     fn(x, w, stride, padding)  # compile first: Numba's compiler allocates too
     got = measured_workspace(fn, x, w, stride, padding, backend)
@@ -85,7 +85,7 @@ def test_im2col_workspace_formula(monkeypatch):
     # MNIST conv2, float32. NumPy reference: cols (32*9) x (64*14*14) + Y_mat 64 x (64*14*14).
     args = ((64, 32, 14, 14), (64, 32, 3, 3), 1, 1)
     assert kernels.workspace_bytes("im2col", *args, backend="numpy") == 4 * (288 + 64) * 12544
-    from kernels import gemm, im2col
+    from minigrad.kernels import gemm, im2col
 
     monkeypatch.setattr(gemm, "MODE", "numba")
     threads = numba.get_num_threads()
@@ -132,7 +132,7 @@ def test_im2col_numba_paths(monkeypatch, path, dtype, case):
     """The Numba im2col's paths against the NumPy reference: threads taking whole images
     (the patch matrix read in place, or lowered into packed panels; our GEMM), images one by
     one with a parallel GEMM each, and NumPy's BLAS; with honest workspace on each."""
-    from kernels import gemm, im2col
+    from minigrad.kernels import gemm, im2col
 
     xs, ws, stride, padding = case
     monkeypatch.setattr(gemm, "MODE", "blas" if path == "blas" else "numba")
@@ -165,7 +165,7 @@ def test_im2col_numba_paths(monkeypatch, path, dtype, case):
 def test_im2col_windows_backward_path(monkeypatch):
     """A stride-1 backward takes the windows path, except for dx of fewer channels than MR
     (there it lowers into packed panels); the forward always takes it at stride 1."""
-    from kernels import gemm, im2col
+    from minigrad.kernels import gemm, im2col
 
     monkeypatch.setattr(gemm, "MODE", "numba")
     mr = gemm.BLOCKING[np.dtype(np.float32)]["mr"]

@@ -4,7 +4,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-import kernels
+from minigrad import kernels
 
 SHAPES = [((64, 32, 14, 14), (64, 32, 3, 3), 1, 1),   # MNIST conv2
           ((8, 2, 9, 7), (5, 2, 3, 2), 2, 1),         # small C (the fused paths)

@@ -10,8 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from kernels.cuda import CU_FILES, _runtime
+from minigrad.kernels.cuda import CU_FILES, _runtime
 
 CUDA_DIR = _runtime.CUDA_DIR
 NVCC_FLAGS = ("-arch=sm_90", "-cubin", "-std=c++14", "-Werror", "all-warnings")

@@ -14,13 +14,13 @@ out-of-bounds write fails the test.
 """
 import importlib
 
+import minigrad.kernels.cuda as kc
 import numpy as np
 import pytest
+from minigrad.kernels._common import out_size
+from minigrad.kernels.cuda import _runtime, emulate, launch
 
-import kernels
-import kernels.cuda as kc
-from kernels._common import out_size
-from kernels.cuda import _runtime, emulate, launch
+from minigrad import kernels
 
 pytestmark = pytest.mark.skipif(emulate.find_cxx() is None, reason="no C++ compiler")
 
@@ -425,7 +425,7 @@ def test_launcher_matches_numpy_backend_and_torch(emulated, module, case, dtype)
 def test_cpu_twins_have_numpy_references():
     """Every CUDA module has a CPU module with a numpy reference (fails, never skips)."""
     for module in kc.CONV_MODULES + ("pool",):
-        cpu = importlib.import_module(f"kernels.{module}")
+        cpu = importlib.import_module(f"minigrad.kernels.{module}")
         assert callable(cpu.forward_numpy) and callable(cpu.backward_numpy), module
 
 

@@ -4,10 +4,10 @@ when torch has CUDA). Skipped cleanly where CuPy or a GPU is missing; the same k
 checked on the CPU by test_cuda_emulate.py."""
 import numpy as np
 import pytest
+from minigrad.kernels._common import out_size
+from minigrad.kernels.cuda import CU_FILES, _runtime, cupy_available, launch
 
-import kernels
-from kernels._common import out_size
-from kernels.cuda import CU_FILES, _runtime, cupy_available, launch
+from minigrad import kernels
 
 pytestmark = [
     pytest.mark.gpu,

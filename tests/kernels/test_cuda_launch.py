@@ -3,8 +3,7 @@ import sys
 
 import numpy as np
 import pytest
-
-from kernels.cuda import _runtime, launch
+from minigrad.kernels.cuda import _runtime, launch
 
 
 @pytest.mark.parametrize("n, block, want", [
@@ -90,7 +89,7 @@ def test_conv_geometry_order_matches_the_cuda_parameter_list():
 
 def test_clear_error_without_cupy(monkeypatch):
     """No CuPy (simulated even where it is installed): a RuntimeError that says why."""
-    import kernels.cuda as kc
+    import minigrad.kernels.cuda as kc
 
     monkeypatch.setattr(_runtime, "_cupy", None)
     monkeypatch.setitem(sys.modules, "cupy", None)           # makes `import cupy` fail

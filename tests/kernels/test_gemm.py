@@ -1,8 +1,7 @@
 """kernels.gemm: the Numba GEMM against NumPy on every path (packed, dot, splits, edges)."""
 import numpy as np
 import pytest
-
-from kernels import gemm as G
+from minigrad.kernels import gemm as G
 
 SHAPES = [  # m, n, k: tiny, edges in every direction, each parallel split, each kernel
     (1, 1, 1), (7, 5, 3), (8, 48, 16), (9, 49, 17), (33, 97, 400), (64, 288, 300),

@@ -21,7 +21,7 @@ DTYPES = (np.float32, np.float64)
 
 
 def _mod(name):
-    return importlib.import_module(f"kernels.{name}")
+    return importlib.import_module(f"minigrad.kernels.{name}")
 
 
 def _torch_conv(x, w, dy, stride, padding):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import kernels
+from minigrad import kernels
 
 torch = pytest.importorskip("torch")
 

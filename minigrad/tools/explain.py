@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-import kernels
+from .. import kernels
 
 ALGOS = kernels.ALGORITHMS
 KINDS = ("x", "w", "p", "y")

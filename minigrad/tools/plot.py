@@ -779,7 +779,7 @@ def add_parser(subparsers):
         "plot", help="draw the benchmark figures from pytest-benchmark JSON",
         description="Draw speedup, GFLOP/s, workspace, loader, training, DGC and "
                     "distributed figures from "
-                    "`pytest bench --benchmark-json=FILE` output (see minigrad/plot.py for "
+                    "`pytest bench --benchmark-json=FILE` output (see minigrad/tools/plot.py for "
                     "the extra_info keys).")
     p.add_argument("results", help="pytest-benchmark JSON file")
     p.add_argument("--out", default="figures", metavar="DIR",

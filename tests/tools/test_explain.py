@@ -9,14 +9,14 @@ import argparse
 
 import numpy as np
 import pytest
+from minigrad.kernels import im2col as k_im2col
+from minigrad.kernels import im2row as k_im2row
+from minigrad.kernels import kn2col as k_kn2col
+from minigrad.kernels import kn2row as k_kn2row
+from minigrad.kernels._common import pad_nchw
 
-import kernels
-from kernels import im2col as k_im2col
-from kernels import im2row as k_im2row
-from kernels import kn2col as k_kn2col
-from kernels import kn2row as k_kn2row
-from kernels._common import pad_nchw
-from minigrad import explain
+from minigrad import kernels
+from minigrad.tools import explain
 
 CASES = [  # x_shape, w_shape, stride, padding
     ((1, 2, 4, 4), (2, 2, 3, 3), (1, 1), (1, 1)),      # the default picture

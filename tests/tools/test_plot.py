@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from minigrad import plot
+from minigrad.tools import plot
 
-FIXTURE = Path(__file__).parent / "fixtures" / "bench_results_small.json"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "bench_results_small.json"
 
 
 def _cli(argv):
