@@ -1,13 +1,20 @@
-"""The engine on a GPU (marked `gpu`: skipped where CuPy or a CUDA device is missing)."""
+"""The engine on a GPU (marked `gpu`: skipped where CuPy or a CUDA device is missing).
+
+The layer checks (F.conv2d and F.max_pool2d through autograd, against tests/oracle.py) also
+run on the CPU, as the control that shows the check itself works on any machine.
+"""
 import numpy as np
+import oracle
 import pytest
 
 import minigrad as mg
 from minigrad import functional as F
+from minigrad import kernels
 from minigrad.models import IrisMLP, MnistCNN
 from minigrad.optim import SGD, Adam
 
-pytestmark = pytest.mark.gpu
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+LAYER_CASES = oracle.CUDA_CASES[::3]
 
 
 def _train(model, opt, batches, device):
@@ -24,6 +31,7 @@ def _train(model, opt, batches, device):
     return np.array(losses), model.state_dict()
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("make_opt", [lambda p: Adam(p, lr=1e-3),
                                       lambda p: SGD(p, lr=0.05, momentum=0.9)])
 @pytest.mark.parametrize("make_model,shape", [(IrisMLP, (16, 4)), (MnistCNN, (8, 1, 28, 28))])
@@ -41,6 +49,7 @@ def test_training_steps_on_gpu_match_cpu(make_model, shape, make_opt):
         np.testing.assert_allclose(gpu_state[k], cpu_state[k], rtol=1e-3, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.gpu
 def test_tensor_round_trip_and_gradient_flow():
     x = mg.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3), requires_grad=True)
     y = x.to("cuda")
@@ -51,6 +60,7 @@ def test_tensor_round_trip_and_gradient_flow():
     np.testing.assert_array_equal(y.to("cpu").data, x.data)
 
 
+@pytest.mark.gpu
 def test_mixing_devices_names_both():
     a = mg.Tensor(np.ones((2, 2), np.float32))
     b = mg.Tensor(np.ones((2, 2), np.float32)).to("cuda")
@@ -60,3 +70,49 @@ def test_mixing_devices_names_both():
     layer = mg.nn.Linear(2, 2)
     with pytest.raises(RuntimeError, match="linear: tensors are on different devices"):
         layer(b)
+
+
+def engine_conv(algo, device):
+    """F.conv2d on `device` in oracle.check_conv's calling convention: the leaves live on the
+    CPU and are moved with .to(device), so the gradients also flow back through the copies."""
+    def run(x, w, stride, padding):
+        xt, wt = mg.Tensor(x, requires_grad=True), mg.Tensor(w, requires_grad=True)
+        y = F.conv2d(xt.to(device), wt.to(device), None, stride, padding, algo=algo)
+        assert y.device == device
+        return xt, wt, y
+
+    def forward(x, w, stride, padding):
+        return run(x, w, stride, padding)[2].data
+
+    def backward(dy, x, w, stride, padding):
+        xt, wt, y = run(x, w, stride, padding)
+        y.backward(mg.Tensor(dy).to(device).data)
+        return xt.grad, wt.grad
+
+    return forward, backward
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", oracle.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", LAYER_CASES, ids=oracle.ids(LAYER_CASES))
+@pytest.mark.parametrize("algo", kernels.ALGORITHMS)
+def test_conv2d_layer_matches_torch(algo, case, dtype, device):
+    oracle.check_conv(*engine_conv(algo, device), *case.data(dtype), case.stride, case.padding,
+                      what=f"F.conv2d {algo} on {device}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", oracle.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", oracle.POOL_CASES, ids=oracle.ids(oracle.POOL_CASES))
+def test_max_pool2d_layer_matches_torch(case, dtype, device):
+    x, dy = case.data(dtype)
+    xt = mg.Tensor(x, requires_grad=True)
+    y = F.max_pool2d(xt.to(device), case.kernel, case.stride)
+    assert y.device == device
+    y.backward(mg.Tensor(dy).to(device).data)
+    ty, _, tdx = oracle.torch_pool(x, dy, case.kernel, case.stride)
+    tag = f"F.max_pool2d on {device}, {case.id} {np.dtype(dtype)}"
+    y = y.to("cpu").data
+    assert y.dtype == dtype, f"y {tag}: dtype {y.dtype}"
+    np.testing.assert_array_equal(y, ty, err_msg=f"y vs torch, {tag}")
+    oracle.assert_close(xt.grad, tdx, f"dx vs torch, {tag}", dtype)

@@ -1,4 +1,5 @@
-"""The seed MNIST CNN against PyTorch, and short MNIST training runs (real data, no network)."""
+"""The seed MNIST CNN against PyTorch, and short MNIST training runs (real data, no network:
+marked `mnist`, skipped where the files are missing)."""
 import json
 
 import numpy as np
@@ -47,6 +48,7 @@ def _summary(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.mnist
 def test_short_mnist_run_learns(capsys):
     """3,000 training images, one epoch: the CNN must reach 85% on the 10,000 test images."""
     code = cli.main(["train", "mnist", "--limit", "3000", "--epochs", "1", "--json",
@@ -57,6 +59,7 @@ def test_short_mnist_run_learns(capsys):
     assert 0.0 <= s["loader_wait_share"] < 1.0
 
 
+@pytest.mark.mnist
 def test_mnist_resume_ends_at_uninterrupted_parameters(tmp_path, capsys):
     full, part = tmp_path / "full.npz", tmp_path / "part.npz"
     args = ["train", "mnist", "--limit", "384", "--batch-size", "64", "--json"]

@@ -9,43 +9,31 @@ out-of-bounds write fails the test.
 1. kernel by kernel against numpy references written here, and the adjoint identity
    <A x, y> == <x, A^T y> for each lowering/un-lowering pair;
 2. the real Python launchers (kernels.cuda.<algo>.forward/backward) end to end, with a
-   numpy stand-in for CuPy, against the numpy backend of kernels.conv2d_* and PyTorch;
+   numpy stand-in for CuPy, against the numpy backend of kernels.conv2d_* and PyTorch
+   (tests/oracle.py, whose case grids test_cuda_gpu.py shares);
 3. thread-order independence, the 64-bit index variants, and the harness's own alarms.
 """
 import importlib
 
 import minigrad.kernels.cuda as kc
 import numpy as np
+import oracle
 import pytest
-from minigrad.kernels._common import out_size
 from minigrad.kernels.cuda import _runtime, emulate, launch
+from oracle import CUDA_CASES as CASES
+from oracle import POOL_CASES, out_size
 
 from minigrad import kernels
 
 pytestmark = pytest.mark.skipif(emulate.find_cxx() is None, reason="no C++ compiler")
 
-# (N, C, H, W, M, KH, KW, stride, padding): strides 1-3, paddings 0-2, non-square kernels,
-# windows that hang over the padded edge (output sizes rounded down). Same grid as the
-# GPU tests in test_cuda_gpu.py.
-CASES = [
-    (2, 3, 7, 6, 4, 3, 2, (1, 1), (0, 0)),
-    (1, 2, 8, 9, 3, 3, 3, (2, 2), (1, 1)),
-    (2, 1, 9, 7, 2, 2, 3, (3, 2), (2, 1)),
-    (1, 3, 5, 5, 2, 1, 1, (1, 1), (0, 0)),
-    (2, 2, 6, 10, 3, 4, 2, (2, 3), (0, 2)),
-    (1, 2, 5, 6, 2, 5, 3, (1, 2), (2, 0)),
-    (1, 1, 4, 4, 2, 3, 3, (3, 3), (2, 2)),
-    (3, 2, 4, 7, 1, 2, 5, (1, 3), (1, 2)),
-]
-CASE_IDS = [f"x{c[0]}x{c[1]}x{c[2]}x{c[3]}-w{c[4]}x{c[5]}x{c[6]}-s{c[7][0]}{c[7][1]}"
-            f"-p{c[8][0]}{c[8][1]}" for c in CASES]
-DTYPES = [np.float32, np.float64]
+# The shared CUDA grid (oracle.CUDA_CASES): strides 1-3, paddings 0-2, non-square kernels,
+# windows that hang over the padded edge (output sizes rounded down).
+CASE_IDS = oracle.ids(CASES)
+POOL_IDS = oracle.ids(POOL_CASES)
+DTYPES = oracle.DTYPES
 # launch shapes: what launch.plan picks, a few small blocks, one thread doing everything
 CONFIGS = {"plan": None, "3x32": (3, 32), "1x1": (1, 1)}
-
-
-def tol(dtype):
-    return dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
 
 
 @pytest.fixture(scope="session")
@@ -58,19 +46,18 @@ def fake(emu_dir):
     return emulate.FakeCupy(emu_dir)
 
 
-def data(case, dtype, seed=0):
-    n, c, h, w, m, kh, kw, stride, padding = case
-    rng = np.random.default_rng(seed + 1000 * CASES.index(case) if case in CASES else seed)
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    wt = rng.standard_normal((m, c, kh, kw)).astype(dtype)
-    ho, wo = out_size(h, w, kh, kw, stride, padding)
-    dy = rng.standard_normal((n, m, ho, wo)).astype(dtype)
-    return x, wt, dy
+def close(got, want, what):
+    """A kernel's output (its dtype is the kernel's) against a float64 reference."""
+    oracle.assert_close(got, want, what)
+
+
+def close_dot(a, b, dtype):
+    """Two float64 dot products of `dtype` data (the adjoint identity)."""
+    np.testing.assert_allclose(a, b, **oracle.tol(dtype, b))
 
 
 def geometry(case):
-    n, c, h, w, m, kh, kw, stride, padding = case
-    return _runtime.conv_geometry((n, c, h, w), (m, c, kh, kw), stride, padding)
+    return _runtime.conv_geometry(case.x_shape, case.w_shape, case.stride, case.padding)
 
 
 def run(fake, stem, base, dtype, n_threads, args, config="plan"):
@@ -173,7 +160,7 @@ def ref_maxpool(x, kernel, stride):
     kh, kw = kernel
     sh, sw = stride
     n, c, h, w = x.shape
-    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    ho, wo = out_size(h, w, kh, kw, stride)
     y = np.empty((n, c, ho, wo), x.dtype)
     arg = np.empty((n, c, ho, wo), np.int64)
     for oh in range(ho):
@@ -195,22 +182,21 @@ def ref_maxpool_backward(dy, arg, x_shape):
 
 def test_references_agree_with_torch():
     """The references above are themselves checked once against PyTorch."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     for case in CASES:
-        x, w, dy = data(case, np.float64)
-        y, dx, dw = ref_conv(x, w, dy, case[7], case[8])
-        ty, tdx, tdw = torch_conv(torch, x, w, dy, case[7], case[8])
-        np.testing.assert_allclose(y, ty, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(dx, tdx, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(dw, tdw, rtol=1e-12, atol=1e-12)
-
-
-def torch_conv(torch, x, w, dy, stride, padding):
-    xt = torch.tensor(x, requires_grad=True)
-    wt = torch.tensor(w, requires_grad=True)
-    y = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding)
-    y.backward(torch.tensor(dy))
-    return y.detach().numpy(), xt.grad.numpy(), wt.grad.numpy()
+        x, w, dy = case.data(np.float64)
+        want = oracle.torch_conv(x, w, dy, case.stride, case.padding)
+        ref = ref_conv(x, w, dy, case.stride, case.padding)
+        for got, ty in zip(ref, want, strict=True):
+            np.testing.assert_allclose(got, ty, rtol=1e-12, atol=1e-12, err_msg=case.id)
+    for pcase in POOL_CASES:
+        x, dy = pcase.data(np.float64)
+        y, arg = ref_maxpool(x, pcase.kernel_pair, pcase.stride_pair)
+        ty, targ, tdx = oracle.torch_pool(x, dy, pcase.kernel, pcase.stride)
+        np.testing.assert_array_equal(y, ty, err_msg=pcase.id)
+        np.testing.assert_array_equal(arg, targ, err_msg=pcase.id)
+        np.testing.assert_allclose(ref_maxpool_backward(dy, arg, x.shape), tdx, rtol=1e-12,
+                                   atol=1e-12, err_msg=pcase.id)
 
 
 # ------------------------------------------------------------------ 1. kernel by kernel
@@ -220,10 +206,10 @@ def torch_conv(torch, x, w, dy, stride, padding):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_im2col_and_col2im_kernels(fake, case, dtype, config):
-    x, w, dy = data(case, dtype)
+    x, w, dy = case.data(dtype)
     g = geometry(case)
     n, c, h, wd, m, kh, kw, sh, sw, ph, pw, ho, wo = g
-    stride, padding = case[7], case[8]
+    stride, padding = case.stride, case.padding
     xa = fake.asarray(x)
     col = fake.empty((c * kh * kw, n * ho * wo), dtype)
     run(fake, "im2col", "im2col", dtype, col.size, (xa, col) + g, config)
@@ -232,21 +218,19 @@ def test_im2col_and_col2im_kernels(fake, case, dtype, config):
     dcol = np.random.default_rng(1).standard_normal(col.shape).astype(dtype)
     dx = fake.empty(x.shape, dtype)
     run(fake, "im2col", "col2im", dtype, dx.size, (fake.asarray(dcol), dx) + g, config)
-    np.testing.assert_allclose(dx, ref_col2im(dcol, x.shape, kh, kw, stride, padding),
-                               **tol(dtype))
+    close(dx, ref_col2im(dcol, x.shape, kh, kw, stride, padding), "col2im")
     # adjoint identity: <im2col(x), dcol> == <x, col2im(dcol)>
-    np.testing.assert_allclose(np.vdot(col.astype(np.float64), dcol),
-                               np.vdot(x.astype(np.float64), dx), **tol(dtype))
+    close_dot(np.vdot(col.astype(np.float64), dcol), np.vdot(x.astype(np.float64), dx), dtype)
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_im2row_and_row2im_kernels(fake, case, dtype, config):
-    x, w, dy = data(case, dtype)
+    x, w, dy = case.data(dtype)
     g = geometry(case)
     n, c, h, wd, m, kh, kw, sh, sw, ph, pw, ho, wo = g
-    stride, padding = case[7], case[8]
+    stride, padding = case.stride, case.padding
     row = fake.empty((n * ho * wo, c * kh * kw), dtype)
     run(fake, "im2row", "im2row", dtype, row.size, (fake.asarray(x), row) + g, config)
     np.testing.assert_array_equal(row, ref_im2col(x, kh, kw, stride, padding).T)
@@ -254,18 +238,17 @@ def test_im2row_and_row2im_kernels(fake, case, dtype, config):
     drow = np.random.default_rng(2).standard_normal(row.shape).astype(dtype)
     dx = fake.empty(x.shape, dtype)
     run(fake, "im2row", "row2im", dtype, dx.size, (fake.asarray(drow), dx) + g, config)
-    np.testing.assert_allclose(dx, ref_col2im(drow.T, x.shape, kh, kw, stride, padding),
-                               **tol(dtype))
+    close(dx, ref_col2im(drow.T, x.shape, kh, kw, stride, padding), "row2im")
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_kn2row_shift_add_and_gather_kernels(fake, case, dtype, config):
-    x, w, dy = data(case, dtype)
+    x, w, dy = case.data(dtype)
     g = geometry(case)
     n, c, h, wd, m, kh, kw, sh, sw, ph, pw, ho, wo = g
-    stride, padding = case[7], case[8]
+    stride, padding = case.stride, case.padding
     kk = kh * kw
     rng = np.random.default_rng(3)
     P = rng.standard_normal((n, kk, m, h, wd)).astype(dtype)
@@ -275,14 +258,14 @@ def test_kn2row_shift_add_and_gather_kernels(fake, case, dtype, config):
     run(fake, "kn2row", "kn2row_shift_add", dtype, y.size,
         (fake.asarray(P), y) + g + (0, kk, 0), config)
     want = ref_shift_add(P, kh, kw, h, wd, stride, padding, 0, kk)
-    np.testing.assert_allclose(y, want, **tol(dtype))
+    close(y, want, "kn2row_shift_add")
 
     # one tap at a time, accumulating into y (kn2row-aa)
     y1 = fake.empty((n, m, ho, wo), dtype)
     for k in range(kk):
         run(fake, "kn2row", "kn2row_shift_add", dtype, y1.size,
             (fake.asarray(P[:, k:k + 1]), y1) + g + (k, 1, int(k > 0)), config)
-    np.testing.assert_allclose(y1, want, **tol(dtype))
+    close(y1, want, "kn2row_shift_add, tap by tap")
 
     # the adjoint gather, all taps and a tail slice of taps
     gathered = {}
@@ -294,26 +277,25 @@ def test_kn2row_shift_add_and_gather_kernels(fake, case, dtype, config):
             dP, ref_shift_gather(dy, kh, kw, h, wd, stride, padding, k0, nk))
         gathered[k0] = dP
     # adjoint identity: <shift_add(P), dy> == <P, shift_gather(dy)>
-    np.testing.assert_allclose(np.vdot(y.astype(np.float64), dy),
-                               np.vdot(P.astype(np.float64), gathered[0]), **tol(dtype))
+    close_dot(np.vdot(y.astype(np.float64), dy), np.vdot(P.astype(np.float64), gathered[0]),
+              dtype)
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_kn2col_shift_add_and_gather_kernels(fake, case, dtype, config):
-    x, w, dy = data(case, dtype)
+    x, w, dy = case.data(dtype)
     g = geometry(case)
     n, c, h, wd, m, kh, kw, sh, sw, ph, pw, ho, wo = g
-    stride, padding = case[7], case[8]
+    stride, padding = case.stride, case.padding
     kk = kh * kw
     P = np.random.default_rng(4).standard_normal((n, kk, m, h, wd)).astype(dtype)
     Pc = row_to_col_layout(P, h, wd, kk, m)
 
     y = fake.empty((n, m, ho, wo), dtype)
     run(fake, "kn2col", "kn2col_shift_add", dtype, y.size, (fake.asarray(Pc), y) + g, config)
-    np.testing.assert_allclose(y, ref_shift_add(P, kh, kw, h, wd, stride, padding, 0, kk),
-                               **tol(dtype))
+    close(y, ref_shift_add(P, kh, kw, h, wd, stride, padding, 0, kk), "kn2col_shift_add")
 
     dP = fake.empty((n, h * wd, kk * m), dtype)
     run(fake, "kn2col", "kn2col_shift_gather", dtype, dP.size, (fake.asarray(dy), dP) + g,
@@ -326,10 +308,10 @@ def test_kn2col_shift_add_and_gather_kernels(fake, case, dtype, config):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_direct_kernels(fake, case, dtype, config):
-    x, w, dy = data(case, dtype)
+    x, w, dy = case.data(dtype)
     g = geometry(case)
     n, c, h, wd, m, kh, kw, sh, sw, ph, pw, ho, wo = g
-    y_ref, dx_ref, dw_ref = ref_conv(x, w, dy, case[7], case[8])
+    y_ref, dx_ref, dw_ref = ref_conv(x, w, dy, case.stride, case.padding)
     xa, wa, dya = fake.asarray(x), fake.asarray(w), fake.asarray(dy)
     y = fake.empty(dy.shape, dtype)
     dx = fake.empty(x.shape, dtype)
@@ -337,44 +319,30 @@ def test_direct_kernels(fake, case, dtype, config):
     run(fake, "direct", "direct_forward", dtype, y.size, (xa, wa, y) + g, config)
     run(fake, "direct", "direct_backward_data", dtype, dx.size, (dya, wa, dx) + g, config)
     run(fake, "direct", "direct_backward_filter", dtype, dw.size, (dya, xa, dw) + g, config)
-    np.testing.assert_allclose(y, y_ref, **tol(dtype))
-    np.testing.assert_allclose(dx, dx_ref, **tol(dtype))
-    np.testing.assert_allclose(dw, dw_ref, **tol(dtype))
-
-
-POOL_CASES = [  # (N, C, H, W, kernel, stride): overlapping, disjoint, gapped, ragged edge
-    (2, 3, 6, 6, (2, 2), (2, 2)),
-    (1, 2, 7, 8, (3, 3), (2, 2)),
-    (2, 1, 9, 7, (3, 2), (1, 3)),
-    (1, 2, 5, 9, (2, 4), (3, 2)),
-    (1, 1, 4, 4, (4, 4), (1, 1)),
-]
+    oracle.assert_conv_close((y, dx, dw), (y_ref, dx_ref, dw_ref), dtype, "direct kernels")
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pcase", POOL_CASES)
+@pytest.mark.parametrize("pcase", POOL_CASES, ids=POOL_IDS)
 @pytest.mark.parametrize("ties", [False, True])
 def test_maxpool_kernels(fake, pcase, dtype, config, ties):
-    n, c, h, w, kernel, stride = pcase
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((n, c, h, w))
+    kernel, stride = pcase.kernel_pair, pcase.stride_pair
+    x, dy = pcase.data(dtype, seed=5)
     if ties:                                    # many equal maxima: first one must win
         x = np.round(x)
-    x = x.astype(dtype)
     y_ref, arg_ref = ref_maxpool(x, kernel, stride)
-    g = (n, c, h, w) + kernel + stride + y_ref.shape[2:]
+    g = x.shape + kernel + stride + y_ref.shape[2:]
     y = fake.empty(y_ref.shape, dtype)
     arg = fake.empty(y_ref.shape, np.int64)
     run(fake, "pool", "maxpool_forward", dtype, y.size, (fake.asarray(x), y, arg) + g, config)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(arg, arg_ref)
 
-    dy = rng.standard_normal(y_ref.shape).astype(dtype)
     dx = fake.empty(x.shape, dtype)
     run(fake, "pool", "maxpool_backward", dtype, dx.size,
         (fake.asarray(dy), fake.asarray(arg_ref), dx) + g, config)
-    np.testing.assert_allclose(dx, ref_maxpool_backward(dy, arg_ref, x.shape), **tol(dtype))
+    close(dx, ref_maxpool_backward(dy, arg_ref, x.shape), "maxpool_backward")
 
 
 # ------------------------------------------------------------------ 2. launchers end to end
@@ -387,13 +355,32 @@ def emulated(fake, monkeypatch):
     return fake
 
 
-def launch_conv(module, x, w, dy, stride, padding, fake):
+def launchers(module, fake):
+    """kernels.cuda.<module>.forward/backward on the stand-in, called like oracle.check_conv
+    calls them (numpy arrays in); no output may keep the stand-in's NaN poison."""
     mod = getattr(kc, module)
-    y = mod.forward(fake.asarray(x), fake.asarray(w), stride, padding)
-    dx, dw = mod.backward(fake.asarray(dy), fake.asarray(x), fake.asarray(w), stride, padding)
+
+    def forward(x, w, stride, padding):
+        y = mod.forward(fake.asarray(x), fake.asarray(w), stride, padding)
+        assert not np.isnan(y).any(), f"{module}: y has unwritten elements"
+        return y
+
+    def backward(dy, x, w, stride, padding):
+        dx, dw = mod.backward(fake.asarray(dy), fake.asarray(x), fake.asarray(w), stride,
+                              padding)
+        assert not np.isnan(dx).any(), f"{module}: dx has unwritten elements"
+        assert not np.isnan(dw).any(), f"{module}: dw has unwritten elements"
+        return dx, dw
+
+    return forward, backward
+
+
+def launch_conv(module, x, w, dy, stride, padding, fake):
+    forward, backward = launchers(module, fake)
+    y = forward(x, w, stride, padding)
+    dx, dw = backward(dy, x, w, stride, padding)
     for a, shape in ((y, dy.shape), (dx, x.shape), (dw, w.shape)):
         assert a.shape == shape and a.dtype == x.dtype
-        assert not np.isnan(a).any()
     return y, dx, dw
 
 
@@ -401,9 +388,11 @@ def launch_conv(module, x, w, dy, stride, padding, fake):
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("module", kc.CONV_MODULES)
 def test_launcher_matches_numpy_backend_and_torch(emulated, module, case, dtype):
-    x, w, dy = data(case, dtype)
-    stride, padding = case[7], case[8]
-    y, dx, dw = launch_conv(module, x, w, dy, stride, padding, emulated)
+    x, w, dy = case.data(dtype)
+    stride, padding = case.stride, case.padding
+    pytest.importorskip("torch")
+    got = oracle.check_conv(*launchers(module, emulated), x, w, dy, stride, padding,
+                            what=f"cuda {module} (emulated)")
 
     # the CPU twin of the same algorithm (its numpy reference), through the public API
     algo = module.replace("_", "-")
@@ -411,15 +400,7 @@ def test_launcher_matches_numpy_backend_and_torch(emulated, module, case, dtype)
     y_np = kernels.conv2d_forward(x, w, stride, padding, algo=algo, backend="numpy")
     dx_np, dw_np = kernels.conv2d_backward(dy, x, w, stride, padding, algo=algo,
                                            backend="numpy")
-    np.testing.assert_allclose(y, y_np, **tol(dtype))
-    np.testing.assert_allclose(dx, dx_np, **tol(dtype))
-    np.testing.assert_allclose(dw, dw_np, **tol(dtype))
-
-    torch = pytest.importorskip("torch")
-    ty, tdx, tdw = torch_conv(torch, x, w, dy, stride, padding)
-    np.testing.assert_allclose(y, ty, **tol(dtype))
-    np.testing.assert_allclose(dx, tdx, **tol(dtype))
-    np.testing.assert_allclose(dw, tdw, **tol(dtype))
+    oracle.assert_conv_close(got, (y_np, dx_np, dw_np), dtype, f"vs numpy {algo}, {case.id}")
 
 
 def test_cpu_twins_have_numpy_references():
@@ -430,35 +411,32 @@ def test_cpu_twins_have_numpy_references():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pcase", POOL_CASES)
+@pytest.mark.parametrize("pcase", POOL_CASES, ids=POOL_IDS)
 def test_pool_launcher_matches_numpy_backend_and_torch(emulated, pcase, dtype):
-    n, c, h, w, kernel, stride = pcase
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    y, arg = kc.pool.forward(emulated.asarray(x), kernel, stride)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = kc.pool.backward(emulated.asarray(dy), arg, x.shape, kernel, stride)
-    assert arg.dtype == np.int64 and dx.shape == x.shape
+    kernel, stride = pcase.kernel_pair, pcase.stride_pair
+    x, dy = pcase.data(dtype, seed=6)
+
+    def backward(dy, arg, x_shape, kernel, stride):
+        dx = kc.pool.backward(emulated.asarray(dy), arg, x_shape, kernel, stride)
+        assert dx.shape == x_shape and not np.isnan(dx).any()
+        return dx
+
+    pytest.importorskip("torch")
+    y, arg, dx = oracle.check_pool(
+        lambda x, k, s: kc.pool.forward(emulated.asarray(x), k, s), backward,
+        x, dy, kernel, stride, what="cuda pool (emulated)")
 
     y_np, arg_np = kernels.maxpool2d_forward(x, kernel, stride, backend="numpy")
     dx_np = kernels.maxpool2d_backward(dy, arg_np, x.shape, kernel, stride, backend="numpy")
     np.testing.assert_array_equal(y, y_np)
     np.testing.assert_array_equal(arg, arg_np)
-    np.testing.assert_allclose(dx, dx_np, **tol(dtype))
-
-    torch = pytest.importorskip("torch")
-    xt = torch.tensor(x, requires_grad=True)
-    ty, targ = torch.nn.functional.max_pool2d(xt, kernel, stride, return_indices=True)
-    ty.backward(torch.tensor(dy))
-    np.testing.assert_array_equal(y, ty.detach().numpy())
-    np.testing.assert_array_equal(arg, targ.numpy())
-    np.testing.assert_allclose(dx, xt.grad.numpy(), **tol(dtype))
+    oracle.assert_close(dx, dx_np, f"dx vs numpy, {pcase.id}", dtype)
 
 
 def test_kn2row_aa_launches_one_shift_add_per_tap(emulated):
     case = CASES[1]                                         # 3x3 kernel
-    x, w, dy = data(case, np.float32)
-    launch_conv("kn2row_aa", x, w, dy, case[7], case[8], emulated)
+    x, w, dy = case.data(np.float32)
+    launch_conv("kn2row_aa", x, w, dy, case.stride, case.padding, emulated)
     names = [name for name, _, _ in emulated.launches]
     assert names.count("kn2row_shift_add_f32_i32") == 9
     assert names.count("kn2row_shift_gather_f32_i32") == 9
@@ -472,12 +450,12 @@ def test_results_do_not_depend_on_thread_order(emu_dir, monkeypatch, module):
     """Gathers: every output element has one writer, so any execution order gives the
     same bits (a scatter with races would not)."""
     case = CASES[2]
-    x, w, dy = data(case, np.float32)
+    x, w, dy = case.data(np.float32)
     results = []
     for order in ("forward", "reverse", "shuffle"):
         fake = emulate.FakeCupy(emu_dir, order=order, seed=7)
         monkeypatch.setattr(_runtime, "get_cupy", lambda fake=fake: fake)
-        results.append(launch_conv(module, x, w, dy, case[7], case[8], fake))
+        results.append(launch_conv(module, x, w, dy, case.stride, case.padding, fake))
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             np.testing.assert_array_equal(a, b)
@@ -488,7 +466,7 @@ def test_results_do_not_depend_on_thread_order(emu_dir, monkeypatch, module):
 def test_64bit_index_kernels(emulated, monkeypatch, module, dtype):
     """Force the long long instantiations (used past 2^31 elements) on a small problem."""
     case = CASES[4]
-    x, w, dy = data(case, dtype)
+    x, w, dy = case.data(dtype)
     monkeypatch.setattr(launch, "INT32_LIMIT", 0)
     if module == "pool":
         y, arg = kc.pool.forward(emulated.asarray(x), (2, 3), (2, 2))
@@ -498,9 +476,9 @@ def test_64bit_index_kernels(emulated, monkeypatch, module, dtype):
         np.testing.assert_array_equal(arg, arg_ref)
         np.testing.assert_allclose(dx, ref_maxpool_backward(np.ones_like(y), arg_ref, x.shape))
     else:
-        y, dx, dw = launch_conv(module, x, w, dy, case[7], case[8], emulated)
-        for got, want in zip((y, dx, dw), ref_conv(x, w, dy, case[7], case[8]), strict=True):
-            np.testing.assert_allclose(got, want, **tol(dtype))
+        y, dx, dw = launch_conv(module, x, w, dy, case.stride, case.padding, emulated)
+        oracle.assert_conv_close((y, dx, dw), ref_conv(x, w, dy, case.stride, case.padding),
+                                 dtype, f"{module} with 64-bit indices")
     assert emulated.launches and all(n.endswith("_i64") for n, _, _ in emulated.launches)
 
 
@@ -554,19 +532,20 @@ def test_harness_refuses_cooperative_cuda(fake):
         fake.RawModule(code=src)
 
 
-WORKSPACE_CASES = CASES + [(1, 3, 6, 5, 4, 3, 3, (1, 1), (1, 1)),    # N = 1
-                           (2, 3, 6, 5, 1, 1, 1, (1, 1), (0, 0)),    # M = 1, 1x1 kernel
-                           (2, 3, 6, 5, 4, 1, 1, (2, 2), (0, 0))]
+WORKSPACE_CASES = CASES + [oracle.ConvCase.of(1, 3, 6, 5, 4, 3, 3, 1, 1),   # N = 1
+                           oracle.ConvCase.of(2, 3, 6, 5, 1, 1, 1),         # M = 1, 1x1 kernel
+                           oracle.ConvCase.of(2, 3, 6, 5, 4, 1, 1, 2, 0)]
 
 
-@pytest.mark.parametrize("case", WORKSPACE_CASES)
+@pytest.mark.parametrize("case", WORKSPACE_CASES, ids=oracle.ids(WORKSPACE_CASES))
 @pytest.mark.parametrize("module", kc.CONV_MODULES)
 def test_workspace_bytes_is_what_forward_allocates(emulated, module, case):
     """kernels.cuda.<algo>.workspace_bytes == bytes the launcher allocates besides y
     (the CuPy stand-in counts them; allocations inside cuBLAS/CuPy are not included)."""
-    x, w, dy = data(case, np.float32)
+    x, w, dy = case.data(np.float32)
     xa, wa = emulated.asarray(x), emulated.asarray(w)
     before = emulated.allocated_bytes
-    y = getattr(kc, module).forward(xa, wa, case[7], case[8])
+    y = getattr(kc, module).forward(xa, wa, case.stride, case.padding)
     used = emulated.allocated_bytes - before - y.nbytes
-    assert used == getattr(kc, module).workspace_bytes(x.shape, w.shape, case[7], case[8], 4)
+    assert used == getattr(kc, module).workspace_bytes(x.shape, w.shape, case.stride,
+                                                       case.padding, 4)

@@ -1,10 +1,11 @@
 """backend="cupy" on a real GPU: every algorithm through kernels.conv2d_forward/backward and
-max pooling through kernels.maxpool2d_*, against the numpy backend and PyTorch (on the GPU
-when torch has CUDA). Skipped cleanly where CuPy or a GPU is missing; the same kernels are
-checked on the CPU by test_cuda_emulate.py."""
+max pooling through kernels.maxpool2d_*, against the numpy backend and PyTorch (tests/oracle.py:
+float64 on the CPU, so TF32 and cuDNN's algorithm choice play no part). Skipped cleanly where
+CuPy or a GPU is missing; the same kernels, on the same case grids, are checked on the CPU by
+test_cuda_emulate.py."""
 import numpy as np
+import oracle
 import pytest
-from minigrad.kernels._common import out_size
 from minigrad.kernels.cuda import CU_FILES, _runtime, cupy_available, launch
 
 from minigrad import kernels
@@ -14,52 +15,24 @@ pytestmark = [
     pytest.mark.skipif(not cupy_available(), reason="needs CuPy and a CUDA GPU"),
 ]
 
-# same grid as test_cuda_emulate.CASES: (N, C, H, W, M, KH, KW, stride, padding)
-CASES = [
-    (2, 3, 7, 6, 4, 3, 2, (1, 1), (0, 0)),
-    (1, 2, 8, 9, 3, 3, 3, (2, 2), (1, 1)),
-    (2, 1, 9, 7, 2, 2, 3, (3, 2), (2, 1)),
-    (1, 3, 5, 5, 2, 1, 1, (1, 1), (0, 0)),
-    (2, 2, 6, 10, 3, 4, 2, (2, 3), (0, 2)),
-    (1, 2, 5, 6, 2, 5, 3, (1, 2), (2, 0)),
-    (1, 1, 4, 4, 2, 3, 3, (3, 3), (2, 2)),
-    (3, 2, 4, 7, 1, 2, 5, (1, 3), (1, 2)),
-    (8, 16, 28, 28, 32, 3, 3, (1, 1), (1, 1)),       # a real layer: 2^16+ threads per launch
-]
-CASE_IDS = [f"x{c[0]}x{c[1]}x{c[2]}x{c[3]}-w{c[4]}x{c[5]}x{c[6]}-s{c[7][0]}{c[7][1]}"
-            f"-p{c[8][0]}{c[8][1]}" for c in CASES]
-POOL_CASES = [
-    (2, 3, 6, 6, (2, 2), (2, 2)),
-    (1, 2, 7, 8, (3, 3), (2, 2)),
-    (2, 1, 9, 7, (3, 2), (1, 3)),
-    (1, 2, 5, 9, (2, 4), (3, 2)),
-    (1, 1, 4, 4, (4, 4), (1, 1)),
-    (8, 16, 28, 28, (2, 2), (2, 2)),
-]
-DTYPES = [np.float32, np.float64]
+# the emulated tests' grids, plus a real layer: 2^16+ threads per launch
+CASES = oracle.CUDA_CASES + [oracle.REAL_LAYER]
+POOL_CASES = oracle.POOL_CASES + [oracle.REAL_POOL]
+DTYPES = oracle.DTYPES
 
 
-def tol(dtype):
-    return dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+def on_gpu(fn, n_arrays):
+    """fn with its first n_arrays arguments moved to the GPU; its results must be CuPy
+    arrays (oracle.check_conv/check_pool bring them back)."""
+    import cupy as cp
 
+    def run(*args):
+        out = fn(*(cp.asarray(a) for a in args[:n_arrays]), *args[n_arrays:])
+        for a in out if isinstance(out, tuple) else (out,):
+            assert isinstance(a, cp.ndarray), type(a)
+        return out
 
-def data(case, dtype):
-    n, c, h, w, m, kh, kw, stride, padding = case
-    rng = np.random.default_rng(CASES.index(case))
-    ho, wo = out_size(h, w, kh, kw, stride, padding)
-    return (rng.standard_normal((n, c, h, w)).astype(dtype),
-            rng.standard_normal((m, c, kh, kw)).astype(dtype),
-            rng.standard_normal((n, m, ho, wo)).astype(dtype))
-
-
-def torch_device(torch):
-    """cuda when torch has it, with TF32 off so float32 is compared at full precision
-    (CuPy's cuBLAS calls use plain FP32 unless CUPY_TF32=1)."""
-    if not torch.cuda.is_available():
-        return "cpu"
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    return "cuda"
+    return run
 
 
 @pytest.mark.parametrize("stem", CU_FILES)
@@ -76,36 +49,23 @@ def test_nvrtc_compiles_every_kernel(stem):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("case", CASES, ids=oracle.ids(CASES))
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)
 def test_conv_cupy_matches_numpy_and_torch(algo, case, dtype):
-    import cupy as cp
-
-    x, w, dy = data(case, dtype)
-    stride, padding = case[7], case[8]
-    y = kernels.conv2d_forward(cp.asarray(x), cp.asarray(w), stride, padding, algo=algo,
-                               backend="cupy")
-    dx, dw = kernels.conv2d_backward(cp.asarray(dy), cp.asarray(x), cp.asarray(w), stride,
-                                     padding, algo=algo, backend="cupy")
-    assert isinstance(y, cp.ndarray) and y.dtype == dtype and dx.dtype == dw.dtype == dtype
-    y, dx, dw = cp.asnumpy(y), cp.asnumpy(dx), cp.asnumpy(dw)
+    x, w, dy = case.data(dtype)
+    stride, padding = case.stride, case.padding
+    pytest.importorskip("torch")
+    got = oracle.check_conv(
+        on_gpu(lambda x, w, s, p: kernels.conv2d_forward(x, w, s, p, algo=algo,
+                                                         backend="cupy"), 2),
+        on_gpu(lambda dy, x, w, s, p: kernels.conv2d_backward(dy, x, w, s, p, algo=algo,
+                                                              backend="cupy"), 3),
+        x, w, dy, stride, padding, what=f"{algo}/cupy")
 
     y_np = kernels.conv2d_forward(x, w, stride, padding, algo=algo, backend="numpy")
     dx_np, dw_np = kernels.conv2d_backward(dy, x, w, stride, padding, algo=algo,
                                            backend="numpy")
-    np.testing.assert_allclose(y, y_np, **tol(dtype))
-    np.testing.assert_allclose(dx, dx_np, **tol(dtype))
-    np.testing.assert_allclose(dw, dw_np, **tol(dtype))
-
-    torch = pytest.importorskip("torch")
-    dev = torch_device(torch)
-    xt = torch.tensor(x, device=dev, requires_grad=True)
-    wt = torch.tensor(w, device=dev, requires_grad=True)
-    ty = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding)
-    ty.backward(torch.tensor(dy, device=dev))
-    np.testing.assert_allclose(y, ty.detach().cpu().numpy(), **tol(dtype))
-    np.testing.assert_allclose(dx, xt.grad.cpu().numpy(), **tol(dtype))
-    np.testing.assert_allclose(dw, wt.grad.cpu().numpy(), **tol(dtype))
+    oracle.assert_conv_close(got, (y_np, dx_np, dw_np), dtype, f"vs numpy {algo}, {case.id}")
 
 
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)
@@ -113,7 +73,7 @@ def test_conv_cupy_is_deterministic(algo):
     """Gathers, not atomics: two runs give the same bits."""
     import cupy as cp
 
-    x, w, dy = (cp.asarray(a) for a in data(CASES[-1], np.float32))
+    x, w, dy = (cp.asarray(a) for a in oracle.REAL_LAYER.data(np.float32))
     runs = [kernels.conv2d_backward(dy, x, w, 1, 1, algo=algo, backend="cupy")
             for _ in range(2)]
     for a, b in zip(*runs, strict=True):
@@ -121,33 +81,23 @@ def test_conv_cupy_is_deterministic(algo):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("pcase", POOL_CASES)
+@pytest.mark.parametrize("pcase", POOL_CASES, ids=oracle.ids(POOL_CASES))
 def test_maxpool_cupy_matches_numpy_and_torch(pcase, dtype):
-    import cupy as cp
-
-    n, c, h, w, kernel, stride = pcase
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    y, arg = kernels.maxpool2d_forward(cp.asarray(x), kernel, stride, backend="cupy")
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = kernels.maxpool2d_backward(cp.asarray(dy), arg, x.shape, kernel, stride,
-                                    backend="cupy")
-    y, arg, dx = cp.asnumpy(y), cp.asnumpy(arg), cp.asnumpy(dx)
+    x, dy = pcase.data(dtype, seed=6)
+    kernel, stride = pcase.kernel, pcase.stride
+    pytest.importorskip("torch")
+    # argmax stays on the GPU between forward and backward, as the engine keeps it
+    y, arg, dx = oracle.check_pool(
+        on_gpu(lambda x, k, s: kernels.maxpool2d_forward(x, k, s, backend="cupy"), 1),
+        on_gpu(lambda dy, am, shape, k, s: kernels.maxpool2d_backward(dy, am, shape, k, s,
+                                                                      backend="cupy"), 2),
+        x, dy, kernel, stride, what="cupy")
 
     y_np, arg_np = kernels.maxpool2d_forward(x, kernel, stride, backend="numpy")
     dx_np = kernels.maxpool2d_backward(dy, arg_np, x.shape, kernel, stride, backend="numpy")
     np.testing.assert_array_equal(y, y_np)
     np.testing.assert_array_equal(arg, arg_np)
-    np.testing.assert_allclose(dx, dx_np, **tol(dtype))
-
-    torch = pytest.importorskip("torch")
-    dev = torch_device(torch)
-    xt = torch.tensor(x, device=dev, requires_grad=True)
-    ty, targ = torch.nn.functional.max_pool2d(xt, kernel, stride, return_indices=True)
-    ty.backward(torch.tensor(dy, device=dev))
-    np.testing.assert_array_equal(y, ty.detach().cpu().numpy())
-    np.testing.assert_array_equal(arg, targ.cpu().numpy())
-    np.testing.assert_allclose(dx, xt.grad.cpu().numpy(), **tol(dtype))
+    oracle.assert_close(dx, dx_np, f"dx vs numpy, {pcase.id}", dtype)
 
 
 @pytest.mark.slow

@@ -1,110 +1,51 @@
 """kn2row, kn2row-aa and kn2col against PyTorch: values, dx and dw, both backends, both dtypes.
 
-The oracle is torch.nn.functional.conv2d with autograd. Shapes come from a hand-picked grid
-(strides 1-3, paddings 0-2, non-square and 1x1 kernels, kernel as large as the padded input)
-and from hypothesis. The workspace formulas are checked against what tracemalloc sees the
-NumPy path allocate.
+Each module's forward_<backend>/backward_<backend> is called directly (not through the
+dispatcher) and checked by tests/oracle.py against PyTorch's conv2d with autograd. Shapes
+come from the shared grid (strides 1-3, paddings 0-2, non-square and 1x1 kernels, kernel as
+large as the padded input) and from hypothesis. The workspace formulas are checked against
+what tracemalloc sees the NumPy path allocate.
 """
 import importlib
 import tracemalloc
 
 import numpy as np
+import oracle
 import pytest
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 MODULES = ("kn2row", "kn2row_aa", "kn2col")
 BACKENDS = ("numpy", "numba")
-DTYPES = (np.float32, np.float64)
 
 
 def _mod(name):
     return importlib.import_module(f"minigrad.kernels.{name}")
 
 
-def _torch_conv(x, w, dy, stride, padding):
-    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
-    y = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding)
-    y.backward(torch.tensor(dy, dtype=torch.float64))
-    return y.detach().numpy(), xt.grad.numpy(), wt.grad.numpy()
-
-
-def _out_shape(x_shape, w_shape, stride, padding):
-    (n, _, h, wd), (m, _, kh, kw) = x_shape, w_shape
-    return (n, m, (h + 2 * padding[0] - kh) // stride[0] + 1,
-            (wd + 2 * padding[1] - kw) // stride[1] + 1)
-
-
-def _check(name, backend, dtype, x_shape, w_shape, stride, padding, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal(w_shape).astype(dtype)
-    dy = rng.standard_normal(_out_shape(x_shape, w_shape, stride, padding)).astype(dtype)
-    y_ref, dx_ref, dw_ref = _torch_conv(x, w, dy, stride, padding)
-
+def _check(name, backend, case, dtype, seed=0):
     mod = _mod(name)
-    y = getattr(mod, f"forward_{backend}")(x, w, stride, padding)
-    dx, dw = getattr(mod, f"backward_{backend}")(dy, x, w, stride, padding)
-
-    # float64 must match the exact sums to rounding; float32 to its epsilon times the
-    # number of terms summed (C*KH*KW for y and dx, N*Ho*Wo for dw).
-    tol = 1e-10 if dtype == np.float64 else 2e-4
-    for got, ref, what in ((y, y_ref, "y"), (dx, dx_ref, "dx"), (dw, dw_ref, "dw")):
-        assert got.dtype == dtype, what
-        assert got.shape == ref.shape, what
-        scale = max(1.0, float(np.abs(ref).max()))
-        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * scale,
-                                   err_msg=f"{name}/{backend} {what}")
+    oracle.check_conv(getattr(mod, f"forward_{backend}"), getattr(mod, f"backward_{backend}"),
+                      *case.data(dtype, seed), case.stride, case.padding,
+                      what=f"{name}/{backend}")
 
 
-# (x shape, w shape, stride, padding)
-GRID = [
-    ((2, 3, 7, 7), (4, 3, 3, 3), (1, 1), (1, 1)),      # the usual 3x3 "same"
-    ((2, 3, 8, 7), (5, 3, 3, 3), (2, 2), (0, 0)),      # stride 2, no padding
-    ((1, 2, 9, 9), (3, 2, 3, 2), (3, 1), (2, 1)),      # non-square kernel, mixed stride/pad
-    ((2, 3, 10, 8), (4, 3, 2, 4), (2, 1), (2, 0)),     # wide kernel, pad only in H
-    ((2, 4, 6, 6), (3, 4, 1, 1), (1, 1), (0, 0)),      # 1x1
-    ((2, 3, 5, 6), (2, 3, 1, 1), (2, 3), (1, 2)),      # 1x1 with stride and padding
-    ((1, 2, 4, 5), (3, 2, 6, 9), (1, 1), (1, 2)),      # kernel == padded input -> 1x1 out
-    ((2, 2, 5, 5), (3, 2, 5, 5), (1, 1), (0, 0)),      # kernel == input
-    ((1, 1, 3, 3), (2, 1, 5, 5), (3, 3), (2, 2)),      # kernel larger than input, stride 3
-    ((3, 1, 6, 5), (1, 1, 2, 3), (3, 2), (1, 0)),      # one channel, one filter
-]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", oracle.DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", MODULES)
-@pytest.mark.parametrize("x_shape,w_shape,stride,padding", GRID,
-                         ids=[f"x{a}-w{b}-s{c}-p{d}" for a, b, c, d in GRID])
-def test_grid_matches_torch(name, backend, dtype, x_shape, w_shape, stride, padding):
-    _check(name, backend, dtype, x_shape, w_shape, stride, padding)
-
-
-@st.composite
-def conv_cases(draw):
-    n = draw(st.integers(1, 4))
-    c = draw(st.integers(1, 8))
-    m = draw(st.integers(1, 8))
-    h, wd = draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    assume(kh <= h + 2 * padding[0] and kw <= wd + 2 * padding[1])
-    dtype = draw(st.sampled_from(DTYPES))
-    return (n, c, h, wd), (m, c, kh, kw), stride, padding, dtype
+@pytest.mark.parametrize("case", oracle.CONV_CASES, ids=oracle.ids(oracle.CONV_CASES))
+def test_grid_matches_torch(name, backend, dtype, case):
+    _check(name, backend, case, dtype)
 
 
 @pytest.mark.parametrize("name", MODULES)
 @settings(max_examples=30, deadline=None)
-@given(case=conv_cases())
-def test_hypothesis_matches_torch(name, case):
-    x_shape, w_shape, stride, padding, dtype = case
+@given(drawn=oracle.conv_cases())
+def test_hypothesis_matches_torch(name, drawn):
+    case, dtype = drawn
     for backend in BACKENDS:
-        _check(name, backend, dtype, x_shape, w_shape, stride, padding)
+        _check(name, backend, case, dtype)
 
 
 # --------------------------------------------------------------------------- workspace
@@ -136,7 +77,7 @@ def _peak_extra(fn, *args):
     return out, peak
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", oracle.DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("name", MODULES)
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding", WS_CASES)
 def test_workspace_bytes_match_tracemalloc(name, dtype, x_shape, w_shape, stride, padding):
@@ -144,7 +85,8 @@ def test_workspace_bytes_match_tracemalloc(name, dtype, x_shape, w_shape, stride
     rng = np.random.default_rng(1)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
-    dy = rng.standard_normal(_out_shape(x_shape, w_shape, stride, padding)).astype(dtype)
+    y_shape = oracle.conv_out_shape(x_shape, w_shape, stride, padding)
+    dy = rng.standard_normal(y_shape).astype(dtype)
     item = np.dtype(dtype).itemsize
 
     y, peak = _peak_extra(mod.forward_numpy, x, w, stride, padding)
