@@ -15,7 +15,7 @@ def cupy_or_none():
     global _cupy, _cupy_error
     if _cupy is None and _cupy_error is None:
         try:
-            import cupy  # noqa: PLC0415
+            import cupy
 
             _cupy = cupy
         except Exception as e:  # ImportError, or a CUDA driver error at import

@@ -93,11 +93,56 @@ _IDX_DTYPES = {
 
 
 class ChecksumError(ValueError):
-    """A file's decompressed bytes do not have the published sha256."""
+    """A file's decompressed bytes do not have the published sha256.
+
+    ``path`` is the refused file and ``problem`` what is wrong with it.
+    """
+
+    def __init__(self, message: str, path=None, problem: str | None = None):
+        super().__init__(message)
+        self.path, self.problem = path, problem
+
+    def summary(self) -> str:
+        """One line for a command line: which file, what is wrong, what to do."""
+        if self.path is None:
+            return str(self).splitlines()[0]
+        path = Path(self.path)
+        return (f"MNIST file {path.name} in {path.parent} is corrupt ({self.problem}); "
+                f"delete it so that it is downloaded again, or replace it with the "
+                f"published file")
 
 
 class MNISTNotFoundError(FileNotFoundError):
-    """The MNIST files are not on disk and could not be downloaded."""
+    """The MNIST files are not on disk and could not be downloaded.
+
+    ``root`` is the directory searched, ``missing`` the names of absent files, ``corrupt``
+    maps the names of present but refused files to what is wrong with them, ``failures``
+    maps names to what each mirror said (None: downloading was off).
+    """
+
+    def __init__(self, message: str, root=None, missing=(), corrupt=None, failures=None):
+        super().__init__(message)
+        self.root, self.missing = root, list(missing)
+        self.corrupt, self.failures = dict(corrupt or {}), failures
+
+    def summary(self) -> str:
+        """One line for a command line: which files, where, why, and what to do."""
+        if self.root is None:
+            return str(self).splitlines()[0]
+        parts = []
+        if self.missing:
+            parts.append(f"{', '.join(self.missing)} missing")
+        for name, problem in self.corrupt.items():
+            parts.append(f"{name} corrupt ({problem})")
+        how = "downloading is off" if self.failures is None else "downloading failed"
+        if self.failures:
+            first = next(iter(self.failures.values()))
+            if first:
+                how += f" ({first[-1]})"
+        return (f"MNIST files in {self.root}: {'; '.join(parts)}; {how}; put the published "
+                f"file{'s' if len(parts) > 1 else ''} there (or run again online to download "
+                f"{'them' if len(parts) > 1 else 'it'}), or set {ENV_VAR} to a directory "
+                "that holds all four")
 
 
 # ---- IDX ----------------------------------------------------------------------------------
@@ -234,8 +279,14 @@ def _fetch(name: str, root: Path, mirrors, timeout: float) -> tuple[bytes, list[
     return b"", failures
 
 
-def _not_found_message(root: Path, missing, failures: dict | None) -> str:
-    lines = [f"MNIST files missing from {root}: {', '.join(missing)}."]
+def _not_found_message(root: Path, missing, failures: dict | None, corrupt=None) -> str:
+    corrupt = corrupt or {}
+    absent = [name for name in missing if name not in corrupt]
+    lines = []
+    if absent:
+        lines.append(f"MNIST files missing from {root}: {', '.join(absent)}.")
+    lines += [f"MNIST file {root / name} is corrupt: {problem}." for name, problem
+              in corrupt.items()]
     if failures is None:
         lines.append("Downloading is off (download=False).")
     else:
@@ -253,7 +304,7 @@ def _not_found_message(root: Path, missing, failures: dict | None) -> str:
 
 def _verified_contents(root: Path, download: bool, mirrors, timeout: float, force: bool):
     """{name: decompressed verified bytes} for the four files, downloading what is needed."""
-    contents, missing = {}, []
+    contents, missing, corrupt = {}, [], {}
     for name in FILES:
         path = root / name
         if path.is_file() and not force:
@@ -266,19 +317,24 @@ def _verified_contents(root: Path, download: bool, mirrors, timeout: float, forc
                     else (f"sha256 of decompressed bytes is {digest}, expected {SHA256[name]}")
                 )
             except ValueError as e:
-                problem = str(e)
+                problem = str(e).removeprefix(f"{path}: ")
             if problem is None:
                 contents[name] = data
                 continue
             if not download:
                 raise ChecksumError(
                     f"{path}: {problem}. Delete it and load with download=True, "
-                    "or replace it with the published file."
+                    "or replace it with the published file.",
+                    path=path,
+                    problem=problem,
                 )
+            corrupt[name] = problem
             warnings.warn(f"{path}: {problem}; refusing it and downloading it again", stacklevel=3)
         missing.append(name)
     if missing and not download:
-        raise MNISTNotFoundError(_not_found_message(root, missing, None))
+        raise MNISTNotFoundError(
+            _not_found_message(root, missing, None), root=root, missing=missing
+        )
     failures = {}
     for name in missing:
         data, failed = _fetch(name, root, MIRRORS if mirrors is None else mirrors, timeout)
@@ -287,7 +343,15 @@ def _verified_contents(root: Path, download: bool, mirrors, timeout: float, forc
         else:
             contents[name] = data
     if failures:
-        raise MNISTNotFoundError(_not_found_message(root, list(failures), failures))
+        failed = list(failures)
+        refused = {name: corrupt[name] for name in failed if name in corrupt}
+        raise MNISTNotFoundError(
+            _not_found_message(root, failed, failures, refused),
+            root=root,
+            missing=[name for name in failed if name not in refused],
+            corrupt=refused,
+            failures=failures,
+        )
     return contents
 
 

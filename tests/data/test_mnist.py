@@ -102,6 +102,7 @@ def no_partial_files(directory):
 
 
 # ---- read_idx -------------------------------------------------------------------------------
+@pytest.mark.mnist
 def test_read_idx_on_the_published_files(shared_mnist):
     labels = read_idx(shared_mnist / "train-labels-idx1-ubyte.gz", expect_magic=0x801)
     assert labels.shape == (60000,) and labels.dtype == np.uint8
@@ -127,6 +128,7 @@ def test_read_idx_round_trips_every_idx_type(code, dtype):
     assert got.dtype.isnative
 
 
+@pytest.mark.mnist
 def test_truncated_payload_names_file_and_sizes(tmp_path, shared_mnist):
     raw = gzip.decompress((shared_mnist / "t10k-labels-idx1-ubyte.gz").read_bytes())
     bad = tmp_path / "t10k-labels-idx1-ubyte"
@@ -148,6 +150,7 @@ def test_trailing_bytes_and_truncated_header():
         read_idx(b"\0\0")
 
 
+@pytest.mark.mnist
 def test_truncated_gzip(tmp_path, shared_mnist):
     bad = tmp_path / "cut.gz"
     bad.write_bytes((shared_mnist / "train-labels-idx1-ubyte.gz").read_bytes()[:5000])
@@ -180,6 +183,7 @@ def test_data_dir_env_then_xdg_then_home(monkeypatch, tmp_path):
 
 
 # ---- load_mnist -----------------------------------------------------------------------------
+@pytest.mark.mnist
 def test_load_mnist_from_env_dir(monkeypatch, shared_mnist):
     monkeypatch.setenv("MINIGRAD_DATA", str(shared_mnist))
     X_train, y_train, X_test, y_test = load_mnist(download=False)
@@ -219,6 +223,7 @@ def test_all_mirrors_failing_lists_every_attempt(tmp_path):
     assert not root.exists() or no_partial_files(root) == []
 
 
+@pytest.mark.mnist
 def test_download_into_empty_dir_from_file_mirror(tmp_path, mirror, shared_mnist):
     _, url = mirror
     root = tmp_path / "cache" / "minigrad" / "mnist"
@@ -230,6 +235,7 @@ def test_download_into_empty_dir_from_file_mirror(tmp_path, mirror, shared_mnist
     assert X_train.shape == (60000, 28, 28) and y_train[0] == 5
 
 
+@pytest.mark.mnist
 def test_mirror_fallback(tmp_path, mirror):
     _, good = mirror
     bad_dir = tmp_path / "bad-mirror"
@@ -243,6 +249,7 @@ def test_mirror_fallback(tmp_path, mirror):
         assert hashlib.sha256(data).hexdigest() == mnist.SHA256[name]
 
 
+@pytest.mark.mnist
 def test_bad_checksum_is_refused_and_refetched_over_http(tmp_path, shared_mnist, http_mirror):
     url, requested = http_mirror
     root = tmp_path / "cache"
@@ -265,6 +272,7 @@ def test_bad_checksum_is_refused_and_refetched_over_http(tmp_path, shared_mnist,
     assert no_partial_files(root) == []
 
 
+@pytest.mark.mnist
 def test_truncated_file_on_disk_is_refetched(tmp_path, mirror):
     _, url = mirror
     root = tmp_path / "cache"
@@ -278,6 +286,7 @@ def test_truncated_file_on_disk_is_refetched(tmp_path, mirror):
     assert (root / name).read_bytes() == (mirror[0] / name).read_bytes()
 
 
+@pytest.mark.mnist
 def test_atomic_write_leaves_no_partial_file_on_failure(tmp_path, mirror, monkeypatch):
     _, url = mirror
     root = tmp_path / "cache"
@@ -315,3 +324,45 @@ def test_a_corrupt_mirror_copy_is_never_written(tmp_path):
     with pytest.raises(MNISTNotFoundError, match="sha256"):
         download_mnist(root, mirrors=[bad_dir.as_uri() + "/"])
     assert not root.exists() or list(root.iterdir()) == []
+
+
+# ---- one-line summaries for the command line ---------------------------------------------------
+def test_missing_files_summary_is_one_line_naming_files_and_directory(tmp_path):
+    with pytest.raises(MNISTNotFoundError) as info:
+        load_mnist(tmp_path, download=False)
+    e = info.value
+    assert e.root == tmp_path and e.missing == list(mnist.FILES) and e.corrupt == {}
+    line = e.summary()
+    assert "\n" not in line and str(tmp_path) in line and "missing" in line
+    assert "downloading is off" in line and mnist.ENV_VAR in line
+
+
+@pytest.mark.mnist
+def test_a_corrupt_file_that_cannot_be_refetched_is_called_corrupt(tmp_path, mirror):
+    root = tmp_path / "cache"
+    root.mkdir()
+    for name in mnist.FILES:
+        shutil.copyfile(mirror[0] / name, root / name)
+    name = mnist.TEST_IMAGES
+    (root / name).write_bytes((mirror[0] / name).read_bytes()[:5000])  # present, truncated
+    with pytest.warns(UserWarning, match="refusing"):
+        with pytest.raises(MNISTNotFoundError) as info:  # the default mirrors: unreachable
+            load_mnist(root)
+    e = info.value
+    assert e.missing == [] and list(e.corrupt) == [name]
+    assert f"MNIST file {root / name} is corrupt" in str(e) and "missing" not in str(e)
+    line = e.summary()
+    assert "\n" not in line and f"{name} corrupt" in line and "missing" not in line
+    assert "downloading failed" in line
+
+
+def test_checksum_error_summary(tmp_path):
+    root = tmp_path / "cache"
+    root.mkdir()
+    for name in mnist.FILES:
+        (root / name).write_bytes(gzip.compress(b"not mnist"))
+    with pytest.raises(ChecksumError) as info:
+        load_mnist(root, download=False)
+    line = info.value.summary()
+    assert "\n" not in line and "is corrupt (sha256" in line and str(root) in line
+    assert "delete it" in line
