@@ -52,11 +52,33 @@ Faults, and why no update is lost or applied twice:
 * A worker that raises sends a BYE(FAILED) on its way out if it still can: reported "dead".
   A worker silent for `timeout` seconds is reported "stalled"; the server stops waiting for
   it, but if it speaks again before the end it is "running" again and its pushes count.
+* A dead worker's remaining slices are NOT handed to the others: the server says so in its
+  log, and the run ends with the updates that were applied (each exactly once). Async SGD
+  needs no full pass over the data to converge; for a full pass, resume from a checkpoint.
 * The server finishes when no worker is running. It then answers any late push with STOP
-  (not applied, and the worker is told so) and waits up to `drain_timeout` for every
-  worker's BYE, replying BYE_ACK. Because a worker reads everything until its BYE_ACK, and
-  the server reads everything until each BYE, no message is left in flight at the end
-  (under MPI a message nobody receives could block its sender forever).
+  (not applied, and the worker is told so) and waits for every worker's BYE, replying
+  BYE_ACK. Because a worker reads everything until its BYE_ACK, and the server reads
+  everything until each BYE, no message is left in flight at the end (under MPI a message
+  nobody receives could block its sender forever).
+* That drain wait is bounded: at most `drain_timeout` seconds (default: 10 x `timeout`,
+  300 s with the CLI's --ps-timeout 30) after the last running worker finished; it ends
+  as soon as every worker has said BYE, which a live worker does within one step plus one
+  reply. So the full wait only happens for a worker the server already counts as stalled
+  (silent for `timeout`): it gets ten times that long to wake up and be told STOP; one
+  that has not said BYE by the deadline is reported "lost" and the server ends anyway.
+  Set it with --ps-drain-timeout. Under MPI a killed worker process ends the whole job
+  (see launch.py), so the drain never waits for a dead process.
+
+Checkpoints (`checkpoint=`): the server counts the pushes it has handled; each time that
+count completes an epoch's worth (`pushes_per_epoch`, every worker's slices of one epoch),
+it writes W, its momentum, the averaged W, the version and the epoch (`write` in
+`checkpoint.py`; the workers are not stopped). A resumed run restores them and the workers
+start that epoch again: updates made after the checkpoint are redone, which for async SGD
+is within its run-to-run noise.
+
+    rank 0: server                 holds W (the only true copy), momentum, averaged W
+    rank 1..N: workers             hold a copy of W as of their last reply, their slices
+    traffic: point to point only   PUSH gradient (worker -> server), REPLY W (server -> one)
 """
 import time
 from dataclasses import dataclass, field
@@ -64,7 +86,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .comm import ANY_SOURCE, pack, unpack
-from .common import compute_gradients, flat_grad, flat_params, load_flat
+from .common import Faults, WorkerFailure, compute_gradients, flat_grad, flat_params, load_flat
 
 # message tags
 PULL, PUSH, REPLY, BYE, BYE_ACK = 1, 2, 3, 4, 5
@@ -79,16 +101,7 @@ BYE_STATS = ("steps", "pushes", "applied", "dropped", "resends", "loss_sum", "co
              "seen", "bytes_sent", "train_seconds")
 
 
-@dataclass
-class Faults:
-    """Injected faults, for tests and demos (ranks are comm ranks; steps count from 0)."""
-    die: dict = field(default_factory=dict)          # worker rank -> step at which it raises
-    stall: dict = field(default_factory=dict)        # worker rank -> (step, seconds asleep)
-    lose_replies: set = field(default_factory=set)   # (worker, seq) whose reply is "lost"
-
-
-class WorkerFailure(RuntimeError):
-    """The exception an injected `die` fault raises."""
+__all__ = ["Faults", "WorkerFailure", "ParameterServer", "AsyncWorker"]
 
 
 @dataclass
@@ -109,7 +122,7 @@ class WorkerRecord:
 class ParameterServer:
     def __init__(self, comm, model, lr, staleness_aware=True, staleness_bound=None,
                  timeout=30.0, drain_timeout=None, faults=None, log=None, momentum=0.0,
-                 average_window=100):
+                 average_window=100, pushes_per_epoch=None, checkpoint=None):
         self.comm, self.model, self.lr, self.momentum = comm, model, lr, momentum
         self.params = model.parameters()
         self.w = flat_params(self.params).copy()
@@ -120,6 +133,8 @@ class ParameterServer:
         self.staleness_aware, self.staleness_bound = staleness_aware, staleness_bound
         self.timeout = timeout
         self.drain_timeout = 10 * timeout if drain_timeout is None else drain_timeout
+        self.pushes_per_epoch, self.checkpoint = pushes_per_epoch, checkpoint
+        self.handled = 0  # pushes applied or dropped (not duplicates, not after the end)
         self.faults = faults or Faults()
         self.log = log
         self.workers = {r: WorkerRecord() for r in range(1, comm.size)}
@@ -168,6 +183,8 @@ class ParameterServer:
                 return
             status = self._apply(src, seq, pulled, grad) if serving else STOP
             rec.last_seq, rec.last_status = seq, status
+            if serving:
+                self._handled_one()
             if status == APPLIED:
                 rec.applied.append(seq)
             elif status == DROPPED:
@@ -177,8 +194,31 @@ class ParameterServer:
             (worker, reason), payload = unpack(msg, 2)
             rec.said_bye = True
             rec.status = REASONS[int(reason)]
-            rec.stats = dict(zip(BYE_STATS, payload.view(np.float64).tolist()))
+            if int(reason) == FAILED:
+                self._say(f"worker {src} died after {len(rec.applied)} applied updates; its "
+                          "remaining slices are not reassigned, the others carry on")
+            rec.stats = dict(zip(BYE_STATS, payload.view(np.float64).tolist(), strict=True))
             self.comm.send(pack([0]), src, BYE_ACK)
+
+    def _handled_one(self):
+        self.handled += 1
+        per = self.pushes_per_epoch
+        if self.checkpoint is not None and per and self.handled % per == 0:
+            self.checkpoint(self, self.handled // per)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state(self):
+        """(model arrays loaded with W, shared arrays) for a checkpoint."""
+        load_flat(self.params, self.w)
+        return {"ps_velocity": self.velocity, "ps_w_avg": self.w_avg,
+                "ps_version": np.array(self.version), "ps_handled": np.array(self.handled)}
+
+    def load_state(self, shared):
+        self.w = flat_params(self.params).copy()
+        self.velocity = np.asarray(shared["ps_velocity"], np.float32).copy()
+        self.w_avg = np.asarray(shared["ps_w_avg"], np.float32).copy()
+        self.version = int(shared["ps_version"])
+        self.handled = int(shared["ps_handled"])
 
     def _say(self, text):
         if self.log is not None:
@@ -277,11 +317,11 @@ class AsyncWorker:
                 return int(status)
         return None
 
-    def train(self, epochs):
+    def train(self, epochs, start_epoch=0):
         rank = self.comm.rank
         t0 = time.perf_counter()
         try:
-            reason = self._loop(epochs)
+            reason = self._loop(epochs, start_epoch)
         except Exception:
             self._bye(FAILED, t0)  # best effort: tell the server before dying
             raise
@@ -289,19 +329,16 @@ class AsyncWorker:
         return {**self.stats, "reason": REASONS[reason], "applied_seqs": self.applied_seqs,
                 "rank": rank}
 
-    def _loop(self, epochs):
+    def _loop(self, epochs, start_epoch=0):
         rank = self.comm.rank
         if self._request(PULL, pack([rank]), 0) in (None, STOP):
             return GAVE_UP
         step = 0
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             for _, xb, yb, _ in self.batches.epoch(epoch):
                 if xb is None:
                     continue
-                if self.faults.die.get(rank) == step:
-                    raise WorkerFailure(f"worker {rank}: injected failure at step {step}")
-                if rank in self.faults.stall and self.faults.stall[rank][0] == step:
-                    time.sleep(self.faults.stall[rank][1])
+                self.faults.at_step(rank, step)
                 loss, correct = compute_gradients(self.model, xb, yb)
                 self.seq += 1
                 status = self._request(PUSH, pack([rank, self.seq, self.version],

@@ -6,6 +6,12 @@
         --server-momentum 0.8
     minigrad train mnist --strategy hogwild --workers 4 --optimizer sgd --lr 0.02
     mpiexec -n 4 minigrad train mnist --strategy sync --comm mpi --json    # processes
+    minigrad train mnist --strategy dgc --optimizer sgd --lr 0.05 --save run.npz
+    minigrad train mnist --strategy dgc --optimizer sgd --lr 0.05 --resume run.npz --epochs 4
+
+`--save PATH` writes a checkpoint after every epoch (rank 0 writes it, atomically);
+`--resume PATH` continues from one, with the same strategy, ranks, seed and batch size
+(see `minigrad.distributed.checkpoint`).
 
 `--workers` is the number of training workers (with --comm mpi, mpiexec's -n decides:
 async then has a server and n-1 workers). sync runs the chosen `--optimizer` on the
@@ -22,7 +28,8 @@ import argparse
 import json
 import sys
 
-from .launch import STRATEGIES, train_distributed
+from .dgc import CLIP_NORM, WARMUP_EPOCHS, WIRES
+from .launch import STRATEGIES, DistributedRunFailed, train_distributed
 
 
 def add_arguments(parser):
@@ -48,16 +55,30 @@ def add_arguments(parser):
                    help="async: seconds of silence after which a worker counts as stalled")
     g.add_argument("--ack-timeout", type=float, default=10.0,
                    help="async: seconds a worker waits for the server before resending")
+    g.add_argument("--ps-drain-timeout", type=float, default=None, metavar="SEC",
+                   help="async: after the last worker finished, the server waits at most "
+                        "this long for the others' goodbyes (default: 10 x --ps-timeout)")
     g.add_argument("--inject-failure", action="append", default=[], metavar="RANK:STEP",
-                   help="async demo: worker RANK raises at its step STEP")
+                   help="worker RANK raises at its step STEP (any strategy; a demo of "
+                        "failure handling)")
+    g.add_argument("--inject-kill", action="append", default=[], metavar="RANK:STEP",
+                   help="rank RANK's process is killed (SIGKILL) at its step STEP: a crashed "
+                        "host, for --comm mpi demos")
     g.add_argument("--inject-stall", action="append", default=[], metavar="RANK:STEP:SEC",
                    help="async demo: worker RANK sleeps SEC seconds at its step STEP")
-    g.add_argument("--dgc-warmup-epochs", type=float, default=1.0,
-                   help="dgc: epochs over which sparsity rises 75%% .. 99.6%% (0: none)")
+    g.add_argument("--dgc-warmup-epochs", type=float, default=WARMUP_EPOCHS,
+                   help="dgc: epochs over which sparsity rises 75%%, 93.75%%, 98.4%%, 99.6%% "
+                        "(a quarter each; 0: none)")
     g.add_argument("--dgc-sparsity", type=float, default=0.999,
                    help="dgc: final sparsity (share of each weight tensor NOT sent)")
-    g.add_argument("--dgc-clip-norm", type=float, default=5.0,
-                   help="dgc: global clip norm (each worker clips at norm/sqrt(N); 0: off)")
+    g.add_argument("--dgc-clip-norm", type=float, default=CLIP_NORM,
+                   help="dgc: global gradient clip norm; each worker's share g_k/N is clipped "
+                        "at norm/sqrt(N), as in the paper (0: off)")
+    g.add_argument("--dgc-wire", choices=WIRES, default="fp16",
+                   help="dgc: fp16 values + uint16 index gaps (4 bytes per element), or the "
+                        "paper's fp32 values + int32 indices (8 bytes)")
+    g.add_argument("--dgc-momentum-masking", action=argparse.BooleanOptionalAction,
+                   default=True, help="dgc: zero the momentum of sent coordinates (Lin et al.)")
     g.add_argument("--dgc-sample-ratio", type=float, default=0.01,
                    help="dgc: share of |v| sampled to estimate the threshold")
     g.add_argument("--eval-limit", type=int, default=None,
@@ -72,6 +93,9 @@ def _faults(args):
     for spec in args.inject_failure:
         rank, step = (int(x) for x in spec.split(":"))
         f.die[rank] = step
+    for spec in args.inject_kill:
+        rank, step = (int(x) for x in spec.split(":"))
+        f.kill[rank] = step
     for spec in args.inject_stall:
         rank, step, sec = spec.split(":")
         f.stall[int(rank)] = (int(step), float(sec))
@@ -90,8 +114,6 @@ def check(args):
         return "--workers must be at least 1 with --strategy"
     if getattr(args, "device", "cpu") != "cpu":
         return "--strategy runs on the CPU only (--device cpu)"
-    if getattr(args, "resume", None) or getattr(args, "save", None):
-        return "--save/--resume are not supported with --strategy"
     return None
 
 
@@ -110,10 +132,13 @@ def run(args):
         lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, seed=args.seed,
         staleness_aware=args.staleness_aware, staleness_bound=args.staleness_bound,
         timeout=args.ps_timeout, ack_timeout=args.ack_timeout,
+        drain_timeout=args.ps_drain_timeout,
         dgc_warmup_epochs=args.dgc_warmup_epochs, dgc_sparsity=args.dgc_sparsity,
         dgc_clip_norm=args.dgc_clip_norm or None, dgc_sample_ratio=args.dgc_sample_ratio,
+        dgc_wire=args.dgc_wire, dgc_momentum_masking=args.dgc_momentum_masking,
         faults=_faults(args), eval_limit=args.eval_limit, log=log,
-        server_momentum=args.server_momentum, server_average=args.server_average)
+        server_momentum=args.server_momentum, server_average=args.server_average,
+        save=args.save, resume=args.resume, task=args.task)
     if summary is None:
         return None
     head = {"task": args.task, "optimizer": args.optimizer if args.strategy == "sync"
@@ -127,9 +152,12 @@ def cmd_train(args):
     """Run, then print the summary on rank 0 (JSON with --json). Returns an exit code."""
     try:
         summary = run(args)
-    except ValueError as e:
+    except ValueError as e:  # bad options, or a checkpoint that cannot be used
         print(f"minigrad train: {e}", file=sys.stderr)
         return 2
+    except DistributedRunFailed as e:
+        print(f"minigrad train: {e}", file=sys.stderr)
+        return 3
     if summary is None:  # an MPI rank other than 0
         return 0
     if getattr(args, "json", False):
@@ -137,7 +165,8 @@ def cmd_train(args):
     else:
         extra = ""
         if summary["compression_ratio"] is not None and args.strategy == "dgc":
-            extra += f", compression {summary['compression_ratio']:.0f}x"
+            extra += (f", compression {summary['compression_ratio']:.0f}x, traffic "
+                      f"{summary['traffic_ratio']:.0f}x less than a dense allreduce")
         if summary["staleness_mean"] is not None:
             extra += (f", staleness mean {summary['staleness_mean']:.2f} "
                       f"max {summary['staleness_max']}")

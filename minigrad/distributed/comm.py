@@ -18,14 +18,32 @@ Two implementations behave the same:
 * `comm_mpi.MPIComm` - ranks are processes started by `mpiexec`; mpi4py's buffer methods
   (`Send`/`Recv`/`Allreduce`/`Allgatherv`) move the numpy arrays without pickling.
 
-Byte counting. `bytes_sent` counts what this rank hands to the communicator: the array of
-an allreduce, allgather or send (a bcast counts on the root only). That is the volume a rank
-contributes; the bytes on the wire also depend on the library's algorithm (a ring allreduce
-moves 2(N-1)/N of the array per rank), which is the same factor for dense and compressed
-runs, so ratios of `bytes_sent` are ratios of traffic.
+Byte counting: two counters, because what a rank *contributes* and what it *moves* differ.
+
+    bytes_sent    what this rank hands to the communicator: the array of an allreduce,
+                  allgather or send (a bcast counts on the root only). Dividing a dense
+                  gradient's bytes by it gives a *compression* ratio.
+    bytes_moved   what this rank receives over the network under the textbook algorithms,
+                  which is also what it sends there (in a ring every rank passes on as much
+                  as it takes in):
+                    allreduce (ring: reduce-scatter + allgather)   2 (N-1)/N x the array
+                    allgather (ring)              the sum of the other N-1 ranks' arrays
+                    bcast                         the array, on every rank but the root
+                    recv                          the message
+                  Dividing a dense allreduce's bytes_moved by it gives a *traffic* ratio.
+
+The two are not proportional: an allreduce's cost per rank stays below 2 x the array
+whatever N is, while an allgather's grows with N - 1. A sparse exchange through allgather
+(DGC) therefore saves less traffic at larger N than its compression ratio suggests; see
+`dgc.py` and docs/distributed.md.
+
+Setup and bookkeeping traffic (broadcasting the initial parameters, gathering state for a
+checkpoint, summing statistics) runs inside `with comm.uncounted():` and counts nowhere.
 
 `ANY_SOURCE` / `ANY_TAG` are -1, as in MPI.
 """
+import contextlib
+
 import numpy as np
 
 ANY_SOURCE = -1
@@ -44,12 +62,32 @@ class Communicator:
 
     def __init__(self):
         self.bytes_sent = 0
+        self.bytes_moved = 0
         self.messages_sent = 0
+        self._counting = True
 
     # -- counting ------------------------------------------------------------------------
     def _count(self, array):
-        self.bytes_sent += int(array.nbytes)
-        self.messages_sent += 1
+        if self._counting:
+            self.bytes_sent += int(array.nbytes)
+            self.messages_sent += 1
+
+    def _count_moved(self, nbytes):
+        if self._counting:
+            self.bytes_moved += nbytes  # a float: 2(N-1)/N of an array need not be whole
+
+    def _count_allreduce(self, array):
+        self._count(array)
+        self._count_moved(2 * (self.size - 1) * array.nbytes / self.size)
+
+    @contextlib.contextmanager
+    def uncounted(self):
+        """Traffic inside this block counts in neither counter (setup, checkpoints)."""
+        before, self._counting = self._counting, False
+        try:
+            yield self
+        finally:
+            self._counting = before
 
     # -- the API -------------------------------------------------------------------------
     def barrier(self):
@@ -59,6 +97,11 @@ class Communicator:
         raise NotImplementedError
 
     def bcast(self, array, root=0):
+        raise NotImplementedError
+
+    def bcast_object(self, obj, root=0):
+        """Root's Python object (pickled under MPI) on every rank: for one-off setup such
+        as a restored checkpoint, never for per-step traffic. Uncounted."""
         raise NotImplementedError
 
     def allgather(self, array):

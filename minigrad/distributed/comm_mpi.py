@@ -55,7 +55,7 @@ class MPIComm(Communicator):
 
     def allreduce(self, array, op="sum"):
         array = np.ascontiguousarray(array)
-        self._count(array)
+        self._count_allreduce(array)
         out = np.empty_like(array)
         self.comm.Allreduce(array, out, op=self._ops[check_op(op)])
         return out
@@ -65,8 +65,13 @@ class MPIComm(Communicator):
         buf = np.array(array, copy=True, order="C")
         if self.rank == root:
             self._count(buf)
+        else:
+            self._count_moved(buf.nbytes)
         self.comm.Bcast(buf, root=root)
         return buf
+
+    def bcast_object(self, obj, root=0):
+        return self.comm.bcast(obj if self.rank == root else None, root=root)
 
     def allgather(self, array):
         array = np.ascontiguousarray(array).ravel()
@@ -78,7 +83,8 @@ class MPIComm(Communicator):
         mpi_type = self._mpi_type(array.dtype)
         self.comm.Allgatherv([array, array.size, mpi_type],
                              [out, counts.tolist(), displs.tolist(), mpi_type])
-        return [out[d:d + c].copy() for d, c in zip(displs, counts)]
+        self._count_moved((out.size - array.size) * array.itemsize)
+        return [out[d:d + c].copy() for d, c in zip(displs, counts, strict=True)]
 
     # -- point to point ------------------------------------------------------------------
     def send(self, array, dest, tag=0):
@@ -117,4 +123,5 @@ class MPIComm(Communicator):
         buf = np.empty(status.Get_count(mpi_type), dtype=dtype)
         # Receive exactly the probed message (same source and tag; MPI keeps order per pair).
         self.comm.Recv([buf, mpi_type], source=status.Get_source(), tag=status.Get_tag())
+        self._count_moved(buf.nbytes)
         return status.Get_source(), status.Get_tag(), buf

@@ -3,12 +3,17 @@
     group = ThreadGroup(n)          shared: one Barrier, one slot per rank, one mailbox per rank
     comm  = group.comm(rank)        what each thread talks through
 
-Collectives (allreduce, bcast, allgather) are "everyone writes its slot, barrier, everyone
-reads the slots, barrier": the second barrier keeps a fast rank from overwriting its slot
-with the next collective's data while a slow rank is still reading. A reduction adds the
-slots in rank order 0, 1, ..., n-1 on every rank, so all ranks get bit-identical results
-and a run is reproducible (float addition is not associative; a fixed order is what makes
-it deterministic).
+Collectives (allreduce, bcast, allgather) are "everyone writes a *copy* of its array into
+its slot, barrier, everyone reads the slots, barrier": the second barrier keeps a fast rank
+from overwriting its slot with the next collective's data while a slow rank is still
+reading. The copy matters just as much: without it a slot would be the caller's own buffer,
+and a rank that returned from the collective and refilled that buffer for its next step
+would change what a slower rank is still adding up (as between processes, what a
+collective returns must be a value, never a window onto another rank's memory). Every
+returned array is likewise this rank's own. A reduction adds the slots in rank order
+0, 1, ..., n-1 on every rank, so all ranks get bit-identical results and a run is
+reproducible (float addition is not associative; a fixed order is what makes it
+deterministic).
 
 Point-to-point: `send` copies the array into the destination's mailbox (a list guarded by
 a Condition); `recv_any` takes the first message that matches (source, tag), waiting up to
@@ -64,35 +69,52 @@ class ThreadComm(Communicator):
     def barrier(self):
         self.group.barrier.wait()
 
-    def _exchange(self, value):
-        """Publish `value` in my slot; return every rank's value (a list, rank order)."""
+    def _exchange(self, value, combine):
+        """Publish `value` (the caller passes a private copy) in my slot; return
+        `combine(list of every rank's value, rank order)`, computed while every slot is
+        still in place: between the two barriers, where no rank can write a slot."""
         g = self.group
         g.slots[self.rank] = value
         g.barrier.wait()  # all slots written
-        values = list(g.slots)
-        g.barrier.wait()  # all slots read: they may be reused
-        return values
+        try:
+            return combine(list(g.slots))
+        finally:
+            g.barrier.wait()  # all slots read: they may be reused
 
     def allreduce(self, array, op="sum"):
         reduce = _REDUCE[check_op(op)]
-        array = np.asarray(array)
-        self._count(array)
-        parts = self._exchange(array)
-        out = parts[0].copy()
-        for part in parts[1:]:  # rank order: the same bits on every rank
-            reduce(out, part, out=out)
-        return out
+        array = np.array(array, copy=True)
+        self._count_allreduce(array)
+
+        def add_in_rank_order(parts):
+            out = parts[0].copy()
+            for part in parts[1:]:  # rank order: the same bits on every rank
+                reduce(out, part, out=out)
+            return out
+
+        return self._exchange(array, add_in_rank_order)
 
     def bcast(self, array, root=0):
-        array = np.asarray(array) if self.rank == root else None
+        array = np.array(array, copy=True) if self.rank == root else None
         if array is not None:
             self._count(array)
-        return self._exchange(array)[root].copy()
+        out = self._exchange(array, lambda parts: parts[root].copy())
+        if self.rank != root:
+            self._count_moved(out.nbytes)
+        return out
+
+    def bcast_object(self, obj, root=0):
+        import copy
+
+        return self._exchange(obj if self.rank == root else None,
+                              lambda parts: copy.deepcopy(parts[root]))
 
     def allgather(self, array):
-        array = np.ascontiguousarray(array).ravel()
+        array = np.array(array, copy=True).ravel()
         self._count(array)
-        return [a.copy() for a in self._exchange(array)]
+        out = self._exchange(array, lambda parts: [a.copy() for a in parts])
+        self._count_moved(sum(a.nbytes for r, a in enumerate(out) if r != self.rank))
+        return out
 
     # -- point to point ------------------------------------------------------------------
     def send(self, array, dest, tag=0):
@@ -111,6 +133,7 @@ class ThreadComm(Communicator):
                 for i, (src, t, arr) in enumerate(box.messages):
                     if source in (ANY_SOURCE, src) and tag in (ANY_TAG, t):
                         del box.messages[i]
+                        self._count_moved(arr.nbytes)
                         return src, t, arr
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -153,4 +176,4 @@ def launch_threads(n, fn, *, abort_on_error=True, name="rank"):
             raise RuntimeError(f"rank {rank} of {n} failed: {type(err).__name__}: {err}") \
                 from err
         return results
-    return [e if e is not None else r for r, e in zip(results, errors)]
+    return [e if e is not None else r for r, e in zip(results, errors, strict=True)]

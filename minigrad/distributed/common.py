@@ -16,6 +16,9 @@ n_w samples; the global mean is  sum_w n_w g_w / n.  `weighted_flat_grad` return
 n_w/n * g_w as one flat vector, and an allreduce-sum of those is the global gradient.
 """
 import copy
+import os
+import signal
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +40,12 @@ class ShardedBatches:
 
     def __len__(self):
         return len(self.loader)  # global batches per epoch
+
+    def nonempty_steps(self):
+        """Global batches per epoch in which my slice holds at least one sample."""
+        n, b = len(self.X), self.batch_size
+        sizes = [min(b, n - i) for i in range(0, n, b)]
+        return sum(1 for size in sizes if size > self.shard)  # array_split: first ones
 
     def epoch(self, epoch):
         """Yield (step, xb, yb, n_global) for my slice of each global batch of `epoch`;
@@ -111,10 +120,57 @@ def shared_view(model):
     array that every thread reads.
     """
     view = copy.deepcopy(model)
-    for (_, mine), (_, shared) in zip(view.named_parameters(), model.named_parameters()):
+    for (_, mine), (_, shared) in zip(view.named_parameters(), model.named_parameters(),
+                                      strict=True):
         mine.data = shared.data
     return view
 
 
 def num_bytes(params, dtype=np.float32):
     return sum(p.size for p in params) * np.dtype(dtype).itemsize
+
+
+# ------------------------------------------------------------------------ evaluation
+def sharded_evaluate(comm, model, X, y, transform=None):
+    """Test accuracy of identical replicas, each rank scoring one contiguous share of the
+    test set; one small allreduce adds the counts (uncounted: it is not training traffic).
+    Every rank returns the same accuracy."""
+    from ..train import evaluate
+
+    lo, hi = (len(X) * comm.rank) // comm.size, (len(X) * (comm.rank + 1)) // comm.size
+    correct = evaluate(model, X[lo:hi], y[lo:hi], transform=transform) * (hi - lo)
+    with comm.uncounted():
+        total = comm.allreduce(np.array([round(correct)], dtype=np.float64))
+    return float(total[0]) / max(len(X), 1)
+
+
+# ---------------------------------------------------------------------------- faults
+class WorkerFailure(RuntimeError):
+    """The exception an injected `die` fault raises."""
+
+
+@dataclass
+class Faults:
+    """Injected faults, for tests and demos (ranks are comm ranks; steps count from 0, the
+    steps this process has taken, a resumed run counting afresh).
+
+    die    the rank raises WorkerFailure at that step (threads: an exception in one rank)
+    kill   the rank's *process* is killed with SIGKILL at that step (MPI: a crashed host)
+    stall  the rank sleeps that many seconds at that step (async: a slow worker)
+    lose_replies  (worker, seq) whose reply the parameter server "loses" once
+    """
+    die: dict = field(default_factory=dict)          # rank -> step at which it raises
+    kill: dict = field(default_factory=dict)         # rank -> step at which it is SIGKILLed
+    stall: dict = field(default_factory=dict)        # rank -> (step, seconds asleep)
+    lose_replies: set = field(default_factory=set)   # (worker, seq) whose reply is "lost"
+
+    def at_step(self, rank, step):
+        """Raise, die or sleep here if a fault is planned for (rank, step)."""
+        if self.kill.get(rank) == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.die.get(rank) == step:
+            raise WorkerFailure(f"rank {rank}: injected failure at step {step}")
+        if rank in self.stall and self.stall[rank][0] == step:
+            import time
+
+            time.sleep(self.stall[rank][1])

@@ -131,3 +131,65 @@ def test_pack_unpack_keeps_int32_bits_exactly():
     h, payload = unpack(msg.copy(), len(header))
     assert h.tolist() == header
     np.testing.assert_array_equal(payload, [0, 1, 2])
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_collectives_own_what_they_return_while_callers_reuse_buffers(n):
+    """Each rank refills ONE buffer every step, right after the collective returns, and
+    sleeps a little at random so ranks leave at different times. A collective that read
+    the other ranks' buffers after its barrier (instead of its own copies) would add a
+    refilled buffer into a slower rank's sum."""
+    steps = 300
+
+    def fn(comm):
+        rng = np.random.default_rng(comm.rank)
+        buf = np.empty(64, np.float32)
+        bad = 0
+        for step in range(steps):
+            buf[:] = step * 10 + comm.rank
+            total = comm.allreduce(buf)
+            gathered = comm.allgather(buf)
+            root = comm.bcast(buf, root=step % comm.size)
+            buf[:] = -1e6  # reuse at once: must not reach anybody's result
+            if rng.random() < 0.3:
+                threading.Event().wait(rng.random() * 1e-3)
+            expect = sum(step * 10 + r for r in range(comm.size))
+            bad += int(not np.all(total == expect))
+            bad += int(not all(np.all(g == step * 10 + r) for r, g in enumerate(gathered)))
+            bad += int(not np.all(root == step * 10 + step % comm.size))
+        return bad
+
+    assert launch_threads(n, fn) == [0] * n
+
+
+def test_returned_arrays_are_private_to_each_rank():
+    def fn(comm):
+        got = comm.allgather(np.zeros(3, np.float32))
+        b = comm.bcast(np.zeros(2), root=0)
+        comm.barrier()
+        got[0] += comm.rank + 1  # writes to my copy only
+        b += comm.rank + 1
+        comm.barrier()
+        return got[0].tolist(), b.tolist()
+
+    for rank, (g, b) in enumerate(launch_threads(3, fn)):
+        assert g == [rank + 1.0] * 3 and b == [rank + 1.0] * 2
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_bytes_moved_follow_the_ring_algorithms(n):
+    def fn(comm):
+        comm.allreduce(np.zeros(100, np.float32))           # 400 bytes
+        after_allreduce = comm.bytes_moved
+        comm.allgather(np.zeros(comm.rank + 1, np.int32))   # rank r: 4 (r+1) bytes
+        after_allgather = comm.bytes_moved
+        with comm.uncounted():
+            comm.allreduce(np.zeros(1000, np.float32))
+            comm.bcast(np.zeros(10), root=0)
+        return after_allreduce, after_allgather, comm.bytes_moved, comm.bytes_sent
+
+    for rank, (ar, ag, total, sent) in enumerate(launch_threads(n, fn)):
+        assert ar == 2 * (n - 1) / n * 400
+        others = sum(4 * (r + 1) for r in range(n) if r != rank)
+        assert ag == ar + others and total == ag
+        assert sent == 400 + 4 * (rank + 1)

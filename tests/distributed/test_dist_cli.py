@@ -15,18 +15,20 @@ def parse(argv):
     return cli.build_parser().parse_args(["train", *argv])
 
 SUMMARY_KEYS = ("task", "epochs", "test_accuracy", "train_seconds", "seconds_per_epoch",
-                "strategy", "workers", "bytes_sent", "dense_bytes", "compression_ratio",
-                "compression_ratio_overall", "staleness_mean", "staleness_max")
+                "strategy", "workers", "bytes_sent", "dense_bytes", "bytes_moved",
+                "dense_moved", "compression_ratio", "compression_ratio_overall",
+                "traffic_ratio", "traffic_ratio_overall", "staleness_mean", "staleness_max")
 
 COMMON = ["mnist", "--limit", "2000", "--epochs", "1", "--eval-limit", "500", "--workers",
           "3", "--optimizer", "sgd", "--lr", "0.05", "--batch-size", "32", "--json"]
 
 
+@pytest.mark.mnist
 @pytest.mark.parametrize("strategy,extra", [
     ("sync", []),
     ("hogwild", []),
     ("async", ["--lr", "0.1"]),
-    ("dgc", []),  # the default 1-epoch warm-up: this run never reaches final sparsity
+    ("dgc", []),  # the default warm-up (a quarter epoch), then 99.9% sparsity
 ])
 def test_each_strategy_learns_mnist_subset(strategy, extra, capsys):
     code = dmain([*COMMON, "--strategy", strategy, *extra])
@@ -41,13 +43,18 @@ def test_each_strategy_learns_mnist_subset(strategy, extra, capsys):
     # run to run) and DGC (warm-up, clipped local gradients) learn slower than sync.
     bar = 0.6 if strategy == "sync" else 0.3
     assert summary["test_accuracy"] > bar, summary
-    if strategy == "dgc":
-        assert summary["compression_ratio"] is None  # no step at the final sparsity
-        assert summary["compression_ratio_overall"] > 3
+    if strategy == "dgc":  # MnistCNN at 99.9%: the paper's 270-600x, and what it saves
+        assert summary["compression_ratio"] > 270  # at N = 3 on a ring: ~2/3 of it
+        assert 100 < summary["traffic_ratio"] < summary["compression_ratio"]
+        assert summary["threshold_fallback_rate"] < 0.01
+    if strategy == "sync":
+        assert summary["compression_ratio"] == 1.0
+        assert summary["traffic_ratio"] == pytest.approx(1.0)
     if strategy == "async":
         assert summary["staleness_mean"] is not None
 
 
+@pytest.mark.mnist
 def test_human_readable_line(capsys):
     argv = [a for a in COMMON if a != "--json"]
     assert dmain([*argv, "--strategy", "sync", "--limit", "300"]) == 0
@@ -67,17 +74,60 @@ def test_bad_combinations_exit_2(argv, message, capsys):
 def test_add_arguments_defaults():
     args = parse(["iris", "--strategy", "async"])
     assert args.comm == "threads" and args.staleness_aware is True
-    assert args.staleness_bound is None and args.dgc_warmup_epochs == 1.0
+    assert args.staleness_bound is None and args.dgc_warmup_epochs == 0.25
+    assert args.dgc_wire == "fp16" and args.dgc_clip_norm == 5.0 and args.save is None
     assert parse(["iris", "--no-staleness-aware"]).staleness_aware is False
     assert parse(["iris"]).strategy is None
 
 
 def test_injected_faults_from_the_command_line(capsys):
+    # Compile the kernels first: a first gradient that JIT-compiles for seconds would make
+    # every worker "stalled" at this test's 0.3 s timeout.
+    from minigrad.distributed.common import compute_gradients
+    from minigrad.tasks import build_task
+
+    iris = build_task("iris")
+    compute_gradients(iris.model, iris.train[0][:8], iris.train[1][:8])
     code = dmain(["iris", "--epochs", "3", "--optimizer", "sgd", "--lr", "0.1",
                       "--strategy", "async", "--workers", "3", "--json",
                       "--inject-failure", "1:2", "--inject-stall", "2:1:1.0",
-                      "--ps-timeout", "0.3", "--ack-timeout", "0.5"])
+                      "--ps-timeout", "0.3", "--ack-timeout", "0.5",
+                      "--ps-drain-timeout", "10"])
     assert code == 0
     s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert s["dead_workers"] == [1] and s["stalled_workers"] == [2]
     assert s["worker_status"]["3"] == "done"
+
+
+def test_save_and_resume_from_the_command_line(tmp_path, capsys):
+    ckpt = str(tmp_path / "run.npz")
+    argv = ["iris", "--optimizer", "sgd", "--lr", "0.1", "--batch-size", "16", "--workers",
+            "2", "--strategy", "dgc", "--json"]
+    assert dmain([*argv, "--epochs", "6"]) == 0
+    straight = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert dmain([*argv, "--epochs", "3", "--save", ckpt]) == 0
+    capsys.readouterr()
+    assert dmain([*argv, "--epochs", "6", "--resume", ckpt, "--save", ckpt]) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed["resumed_from_epoch"] == 3 and resumed["checkpoint"] == ckpt
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert resumed["train_loss"] is not None
+
+
+def test_a_failed_rank_exits_3_naming_the_rank(tmp_path, capsys):
+    ckpt = str(tmp_path / "run.npz")
+    code = dmain(["iris", "--epochs", "3", "--optimizer", "sgd", "--lr", "0.1",
+                  "--batch-size", "16", "--strategy", "sync", "--workers", "2",
+                  "--save", ckpt, "--inject-failure", "1:10"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "sync: rank 1 of 2 failed" in err and f"--resume {ckpt}" in err
+
+
+def test_resume_with_another_strategy_exits_2(tmp_path, capsys):
+    ckpt = str(tmp_path / "run.npz")
+    argv = ["iris", "--optimizer", "sgd", "--batch-size", "16", "--workers", "2"]
+    assert dmain([*argv, "--epochs", "1", "--strategy", "sync", "--save", ckpt]) == 0
+    capsys.readouterr()
+    assert dmain([*argv, "--epochs", "2", "--strategy", "dgc", "--resume", ckpt]) == 2
+    assert "strategy" in capsys.readouterr().err

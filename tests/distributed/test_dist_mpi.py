@@ -3,10 +3,13 @@
     mpiexec -n 3 python -m pytest --with-mpi -m mpi tests/distributed
 Without --with-mpi, pytest-mpi skips these tests. mpi4py is imported inside the tests only.
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 from dist_helpers import mlp, split
 
+from minigrad.checkpoint import read_checkpoint
 from minigrad.data.loader import DataLoader
 from minigrad.distributed import train_distributed
 from minigrad.distributed.async_ps import Faults
@@ -21,6 +24,12 @@ def comm():
     from minigrad.distributed.comm_mpi import MPIComm
 
     return MPIComm()
+
+
+@pytest.fixture
+def shared_dir(comm, tmp_path):
+    """Rank 0's temporary directory, the same path on every rank (one machine here)."""
+    return Path(comm.comm.bcast(str(tmp_path) if comm.rank == 0 else None, root=0))
 
 
 def test_allreduce_bcast_and_barrier(comm):
@@ -68,7 +77,7 @@ def test_sync_over_mpi_equals_single_worker_and_replicas_agree(comm):
     loader = DataLoader(train, batch_size=64, shuffle=True, seed=0, num_workers=0)
     fit(ref, make_optimizer("adam", ref.parameters(), 1e-2), loader, test, 2,
         log=lambda s: None)
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         np.testing.assert_allclose(p.data, q.data, rtol=1e-4, atol=1e-5)
     mine = flat_params(model.parameters())
     for other in comm.allgather(mine):
@@ -114,3 +123,40 @@ def test_async_over_mpi_with_a_lost_reply_and_a_dead_worker(comm):
     else:
         assert s["updates_applied"] == 2 * 32
     assert all(v in ("done", "dead") for v in s["worker_status"].values())
+
+
+@pytest.mark.parametrize("strategy", ["sync", "dgc"])
+def test_resume_under_mpi_equals_an_uninterrupted_run(comm, shared_dir, strategy):
+    train, test = split()
+    kw = dict(comm="mpi", batch_size=32, lr=0.05, optimizer="sgd", dgc_warmup_epochs=1.5)
+    straight = mlp(hidden=64)
+    s_straight = train_distributed(strategy, straight, train, test, epochs=3, **kw)
+    ckpt = shared_dir / f"{strategy}.npz"
+    train_distributed(strategy, mlp(hidden=64), train, test, epochs=1, save=ckpt, **kw)
+    if comm.rank == 0:
+        meta = read_checkpoint(ckpt)[2]
+        assert meta["epoch"] == 1 and meta["ranks"] == comm.size
+        if strategy == "dgc":
+            assert meta["rank_v"].shape[0] == comm.size
+    resumed = mlp(hidden=64, seed=7)
+    s = train_distributed(strategy, resumed, train, test, epochs=3, resume=ckpt, save=ckpt,
+                          **kw)
+    for p, q in zip(resumed.parameters(), straight.parameters(), strict=True):
+        np.testing.assert_array_equal(p.data, q.data)
+    if comm.rank == 0:
+        assert s["resumed_from_epoch"] == 1
+        assert s["test_accuracy"] == s_straight["test_accuracy"]
+        assert read_checkpoint(ckpt)[2]["epoch"] == 3
+
+
+def test_async_resume_under_mpi(comm, shared_dir):
+    train, test = split()
+    kw = dict(comm="mpi", batch_size=32, lr=0.1, timeout=10.0, ack_timeout=2.0)
+    ckpt = shared_dir / "async.npz"
+    first = train_distributed("async", mlp(), train, test, epochs=1, save=ckpt, **kw)
+    s = train_distributed("async", mlp(seed=3), train, test, epochs=2, resume=ckpt, **kw)
+    if comm.rank == 0:
+        assert read_checkpoint(ckpt)[2]["epoch"] == 1
+        assert s["resumed_from_epoch"] == 1
+        assert s["version"] == 2 * first["version"]
+        assert s["test_accuracy"] > 0.7

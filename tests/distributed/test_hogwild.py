@@ -9,7 +9,7 @@ from minigrad.distributed.common import compute_gradients, shared_view
 def test_shared_view_shares_arrays_but_not_gradients():
     model = mlp()
     view = shared_view(model)
-    for p, q in zip(view.parameters(), model.parameters()):
+    for p, q in zip(view.parameters(), model.parameters(), strict=True):
         assert p is not q and p.data is q.data
     X, y = blobs(8)
     compute_gradients(view, X, y)
@@ -29,4 +29,5 @@ def test_hogwild_learns_on_shared_parameters(task):
     assert s["steps"] == 4 * 4 * 16  # every thread steps on its slice of every batch
     assert s["bytes_sent"] == 0 and s["dense_bytes"] is None
     # the caller's model is the one that was trained (shared, not copied)
-    assert any(not np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))
+    assert any(not np.array_equal(b, p.data)
+               for b, p in zip(before, model.parameters(), strict=True))

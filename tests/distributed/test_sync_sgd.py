@@ -57,10 +57,10 @@ def test_sync_parameters_equal_single_worker_parameters(workers, optimizer, n, b
     ref = single_worker(train, test, 2, batch_size, optimizer, lr)
     models = _sync_replicas(train, workers, 2, batch_size, optimizer, lr)
     for m in models:  # every replica equals the single worker, up to float rounding
-        for (name, p), (_, q) in zip(m.named_parameters(), ref.named_parameters()):
+        for (name, p), (_, q) in zip(m.named_parameters(), ref.named_parameters(), strict=True):
             np.testing.assert_allclose(p.data, q.data, rtol=1e-4, atol=1e-5, err_msg=name)
     for m in models[1:]:  # and the replicas are bit-identical to each other
-        for p, q in zip(m.parameters(), models[0].parameters()):
+        for p, q in zip(m.parameters(), models[0].parameters(), strict=True):
             np.testing.assert_array_equal(p.data, q.data)
 
 
@@ -68,7 +68,7 @@ def test_sync_threads_is_reproducible(task):
     train, test = task
     a = _sync_replicas(train, 3, 1, 32, "sgd", 0.05)[0]
     b = _sync_replicas(train, 3, 1, 32, "sgd", 0.05)[0]
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         np.testing.assert_array_equal(p.data, q.data)
 
 
