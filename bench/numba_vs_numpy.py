@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minigrad.allocator import retain_freed_memory  # noqa: E402
+from minigrad.allocator import retain_freed_memory
 
 retain_freed_memory()
 
@@ -46,7 +46,7 @@ def make_inputs(layer):
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     y_shape = (x_shape[0], w_shape[0]) + tuple(
-        (s + 2 * padding - k) // stride + 1 for s, k in zip(x_shape[2:], w_shape[2:]))
+        (s + 2 * padding - k) // stride + 1 for s, k in zip(x_shape[2:], w_shape[2:], strict=True))
     dy = rng.standard_normal(y_shape).astype(np.float32)
     return x, w, dy, stride, padding
 

@@ -1,6 +1,6 @@
 """Seconds and bytes per step of each distributed strategy on threads (minigrad.distributed).
 
-    pytest bench/test_bench_distributed.py --benchmark-group-by=group
+    pytest bench/test_bench_distributed.py
 
 Model: an MLP 784 -> 256 -> 10 (203,530 parameters, 814 KB of float32 gradient) on
 synthetic MNIST-shaped data; 4 workers, 24 global batches of 64 per round. The baseline in

@@ -1,7 +1,7 @@
 """A full iris training run (100 epochs, batch 64, Adam 1e-3, 4 loader threads), minigrad vs
 PyTorch in one session: same initial weights, same batches from minigrad's DataLoader.
 
-    pytest bench/test_bench_iris.py --benchmark-group-by=group
+    pytest bench/test_bench_iris.py
 """
 import pytest
 
@@ -46,6 +46,6 @@ def test_iris_full_run(benchmark, iris, engine):
     init = IrisMLP()
     run = _minigrad_run if engine == "minigrad" else _torch_run
     result = benchmark.pedantic(run, args=(iris, init), rounds=10, warmup_rounds=1)
-    benchmark.extra_info.update(engine=engine, epochs=EPOCHS, batch_size=BATCH,
+    benchmark.extra_info.update(engine=engine, task="iris", epochs=EPOCHS, batch_size=BATCH,
                                 test_accuracy=result["test_accuracy"], device="cpu")
     assert result["test_accuracy"] > 0.9

@@ -1,10 +1,14 @@
 """The thread-pool DataLoader's throughput against num_workers: MNIST batches of 64 with the
 normalising transform, one full pass over 12,800 images per round.
 
-    pytest bench/test_bench_loader.py --benchmark-group-by=group
+    pytest bench/test_bench_loader.py
+
+Every row of the group moves the same 200 batches, so the relative column is a ratio of
+worker counts. extra_info batches_per_second is batches / median round time.
 """
 import pytest
 
+from bench.common import rate, record
 from minigrad.data.loader import DataLoader
 from minigrad.data.mnist import load_mnist
 from minigrad.data.transforms import mnist_normalize
@@ -32,6 +36,5 @@ def test_loader_throughput(benchmark, mnist_subset, num_workers):
         n = benchmark.pedantic(epoch, rounds=5, warmup_rounds=1)
         batches = len(loader)
     assert n == N_IMAGES
-    benchmark.extra_info.update(engine="minigrad", num_workers=num_workers, batches=batches,
-                                batches_per_second=batches / benchmark.stats.stats.mean,
-                                device="cpu")
+    record(benchmark, engine="minigrad", num_workers=num_workers, batches=batches,
+           batches_per_second=rate(benchmark, batches), device="cpu")

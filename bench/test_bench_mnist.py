@@ -2,15 +2,17 @@
 convolution algorithm vs PyTorch, in one session; and a full iris-sized comparison lives in
 test_bench_iris.py.
 
-    pytest bench/test_bench_mnist.py --benchmark-group-by=group
+    pytest bench/test_bench_mnist.py
 
 Both engines start from the same weights and see the same batch. The session's allocator
-settings (bench/conftest.py) apply to both.
+settings (bench/conftest.py) apply to both. Every row of the group does the same work (one
+step of the same network on the same batch), so the relative column is a ratio of engines.
 """
 import numpy as np
 import pytest
 
 import minigrad as mg
+from bench.common import rate, record
 from minigrad import functional as F
 from minigrad import kernels
 from minigrad.data.mnist import load_mnist
@@ -66,13 +68,15 @@ def test_mnist_train_step(benchmark, batch, engine, sgemm_gflops):
             opt.step()
             return loss.item()
 
-    for _ in range(3):
-        step()  # warm-up: Numba compilation, BLAS threads
-    loss = benchmark.pedantic(step, rounds=30, iterations=1)
+    if benchmark.enabled:
+        for _ in range(3):
+            step()  # warm-up: Numba compilation, BLAS threads
+    loss = benchmark.pedantic(step, rounds=30, iterations=1)  # disabled: one call
     flops = _step_flops()
-    benchmark.extra_info.update(
-        engine="pytorch" if engine == "pytorch" else "minigrad", task="mnist-step",
-        algo="-" if engine == "pytorch" else engine.split("-", 1)[1], backend="numba",
-        device="cpu", flops=flops, gflops=flops / benchmark.stats.stats.mean / 1e9,
-        sgemm_gflops=sgemm_gflops)
+    pytorch = engine == "pytorch"
+    record(benchmark, engine="pytorch" if pytorch else "minigrad", task="mnist-step",
+           algo="-" if pytorch else engine.split("-", 1)[1],
+           backend="torch" if pytorch else "numba", device="cpu", batch_size=64,
+           flops=flops, gflops=rate(benchmark, flops, 1e-9),
+           sgemm_gflops=round(sgemm_gflops, 1))
     assert np.isfinite(loss)

@@ -1,6 +1,6 @@
 """`minigrad explain ALGO`: see how one convolution algorithm lowers a small input to GEMM.
 
-    minigrad explain im2col                         # writes explain-im2col.png
+    minigrad explain im2col                         # explain-im2col.png and .svg
     minigrad explain kn2row --text                  # the same story as text
     minigrad explain im2row --input 1,2,5,5 --kernel 3,3 --filters 2 --stride 2 --padding 1
 
@@ -336,8 +336,11 @@ def _table(ids, kind, d, indent="    ", rows=None, cols=None):
     if cols:
         cells = [list(cols)] + cells
     if rows:
-        cells = [[""] + cells[0]] + [[r] + row for r, row in zip(rows, cells[1:])] if cols \
-            else [[r] + row for r, row in zip(rows, cells)]
+        if cols:
+            cells = [[""] + cells[0]] + [[r] + row
+                                         for r, row in zip(rows, cells[1:], strict=True)]
+        else:
+            cells = [[r] + row for r, row in zip(rows, cells, strict=True)]
     width = max(len(s) for row in cells for s in row)
     return "\n".join(indent + " ".join(s.rjust(width) for s in row) for row in cells)
 
@@ -396,143 +399,243 @@ def text(d):
 
 
 # --------------------------------------------------------------------------- picture
+#
+# Sized for a slide: at most MAX_WIDTH_IN inches wide (1600 px at the default DPI) with
+# every text at least 14 pt. Cells are labelled with their IDs (a number, see the module
+# docstring) rather than "c0(1,2)": the input grids show the same numbers, so a lowered
+# cell is traced to its pixel by number and colour, and `--text` prints the long labels.
+# A GEMM C = A @ B is drawn the way it is taught: B above C, A to the left of C, so a cell
+# of C sits at the crossing of the row of A and the column of B that make it.
 
-CELL = 0.42          # inches per matrix cell
-GAP = 1.2            # cells between items
+DPI = 150
+MAX_WIDTH_IN = 1600 / DPI       # 10.67 in: 1600 px at DPI
+MAX_CELL_IN = 0.36              # a cell is at most this wide (small inputs)
+GAP = 1.0                       # cells between items
+FONT = 14                       # notes, matrix titles, legend (pt)
+TITLE_FONT = 16
+SUB_FONT = 14                   # a matrix's shape under its title (grey)
+OP_FONT = 22                    # "+", "="
+CHAR_EM = 0.58                  # average character width of DejaVu Sans, in em
+FORMATS = ("png", "svg", "pdf")
+
+
+def _text_in(s, size, bold=False):
+    """Width in inches of the widest line of s at `size` pt (an estimate)."""
+    return max(len(line) for line in s.split("\n")) * size * (CHAR_EM + 0.06 * bold) / 72
+
+
+def _lines_in(n, size):
+    return n * size * 1.45 / 72
 
 
 class _Canvas:
-    """Items laid out in rows, in cell units, y pointing down; drawn on one axes at the end."""
+    """Items laid out in rows, left to right, wrapping at the figure's width; sizes in cell
+    units once the cell size is known (render), y pointing down."""
 
     def __init__(self, d):
-        self.d, self.rows, self.row = d, [], []
-
-    def add(self, w, h, fn):
-        self.row.append((w, h, fn))
+        self.d, self.entries = d, []
+        self.fixed = [0.0]          # widths in cells of the items that cannot shrink
 
     def newline(self):
-        if self.row:
-            self.rows.append(self.row)
-        self.row = []
+        self.entries.append(None)
 
-    def grid(self, ids, kind, title, fade=None, labels=None, outline=None, sub=None,
-             rows=None, cols=None):
+    def grid(self, ids, kind, title, fade=None, labels=None, outline=None, sub=None):
+        """A matrix of IDs of `kind`; labels (strings) replace the IDs where given."""
         ids = np.atleast_2d(ids)
-        r, k = ids.shape
-        d = self.d
-        name_w = max(len(a) for a in rows) * 5 * 0.6 / 72 / CELL + 0.2 if rows else 0.0
-        name_h = max(len(a) for a in cols) * 5 * 0.6 / 72 / CELL + 0.2 if cols else 0.0
+        self.fixed.append(ids.shape[1])
+        self.entries.append(("grid", dict(ids=ids, kind=kind, title=title, fade=fade,
+                                          labels=labels, outline=outline, sub=sub)))
 
-        def draw(ax, x0, y0):
-            from matplotlib.patches import Rectangle
+    def gemm(self, g):
+        """The GEMM g = {a, b, c, ...} as a block: B above C, A left of C."""
+        m = self.d["matrices"]
+        self.fixed.append(m[g["a"]].shape[1] + GAP + m[g["b"]].shape[1])
+        self.entries.append(("gemm", g))
 
-            x0 += name_w
-            if rows:
-                for a, t in enumerate(rows):
-                    ax.text(x0 - 0.1, y0 + name_h + (0.45 if sub else 0.1) + a + 0.5, t,
-                            fontsize=5, ha="right", va="center", color="0.25")
-            if cols:
-                for b, t in enumerate(cols):
-                    ax.text(x0 + b + 0.5, y0 + name_h + (0.45 if sub else 0.1) - 0.1, t,
-                            fontsize=5, ha="center", va="bottom", rotation=90, color="0.25")
-            ax.text(x0, y0 - 0.35, title, fontsize=8, weight="bold", va="bottom")
-            if sub:
-                ax.text(x0, y0 - 0.05, sub, fontsize=6.5, va="bottom", color="0.3")
-            top = y0 + (0.45 if sub else 0.1) + name_h
-            for a in range(r):
-                for b in range(k):
-                    v = ids[a, b]
-                    faded = fade is not None and fade[a, b]
-                    ax.add_patch(Rectangle((x0 + b, top + a), 1, 1, facecolor=color(kind, v, d),
-                                           edgecolor="white" if faded else "0.35", lw=0.4,
-                                           alpha=0.25 if faded else 1.0))
-                    s = labels[a][b] if labels is not None else label(kind, v, d)
-                    ax.text(x0 + b + 0.5, top + a + 0.5, s, ha="center", va="center",
-                            fontsize=4.6 if len(s) > 6 else 5.5,
-                            color="0.55" if faded else "black")
-            if outline:
-                for (a, b, hh, ww) in outline:
-                    ax.add_patch(Rectangle((x0 + b, top + a), ww, hh, fill=False,
-                                           edgecolor="black", lw=1.8))
-
-        self.add(k + name_w, r + (1.0 if sub else 0.6) + name_h, draw)
-
-    def note(self, s, width=None, height=None, size=9, weight="normal"):
-        lines = s.split("\n")
-        if width is None:   # about 0.6 em per character, in cells
-            width = max(len(a) for a in lines) * size * 0.6 / 72 / CELL
-        if height is None:
-            height = len(lines) * size * 1.5 / 72 / CELL
-
-        def draw(ax, x0, y0):
-            ax.text(x0, y0 + height / 2, s, fontsize=size, va="center", ha="left",
-                    weight=weight, linespacing=1.4)
-
-        self.add(width, height, draw)
+    def note(self, s, size=FONT, weight="normal", full=False):
+        """Text, wrapped to the figure's width (full=True: on a row of its own)."""
+        if full:
+            self.newline()
+        self.entries.append(("note", dict(s=s, size=size, weight=weight)))
+        if full:
+            self.newline()
 
     def op(self, s):
-        self.note(s, 1.3, 1.0, size=16, weight="bold")
+        self.entries.append(("op", s))
 
-    def render(self, title, path):
+    # ---- sizes, in cells, once the cell size `c` (inches) is known
+
+    def _grid_size(self, it, c):
+        r, k = it["ids"].shape
+        head = _lines_in(1, FONT) + (_lines_in(1, SUB_FONT) if it["sub"] else 0)
+        w = max(k, _text_in(it["title"], FONT, True) / c,
+                _text_in(it["sub"] or "", SUB_FONT) / c)
+        return w, r + head / c + 0.2, head / c
+
+    def _size(self, kind, it, c, width):
+        if kind == "grid":
+            return self._grid_size(it, c)[:2]
+        if kind == "gemm":
+            m = self.d["matrices"]
+            a, b = m[it["a"]], m[it["b"]]
+            wa = max(a.shape[1], _text_in(self._gemm_titles(it)[0], FONT, True) / c)
+            head = (_lines_in(1, FONT) + _lines_in(1, SUB_FONT)) / c + 0.2
+            return wa + GAP + b.shape[1], b.shape[0] + head + GAP + a.shape[0] + head
+        if kind == "op":
+            return 1.4, 1.4
+        lines = self._wrapped(it, c, width)
+        return (_text_in(lines, it["size"]) / c + 0.3,
+                _lines_in(lines.count("\n") + 1, it["size"]) / c + 0.3)
+
+    def _wrapped(self, it, c, width):
+        import textwrap
+
+        chars = max(20, int(width * c * 72 / (it["size"] * CHAR_EM)) - 2)
+        return "\n".join(textwrap.fill(par, chars) for par in it["s"].split("\n"))
+
+    @staticmethod
+    def _gemm_titles(g):
+        return (f"A = {g['a']}", f"B = {g['b']}", f"C = A @ B = {g['c']}")
+
+    # ---- drawing
+
+    def _draw_grid(self, ax, it, x0, y0, c, cell_font):
+        from matplotlib.patches import Rectangle
+
+        d, ids, kind = self.d, it["ids"], it["kind"]
+        r, k = ids.shape
+        _, _, head = self._grid_size(it, c)
+        ax.text(x0, y0 + _lines_in(1, FONT) / c * 0.8, it["title"], fontsize=FONT,
+                weight="bold", va="bottom")
+        if it["sub"]:
+            ax.text(x0, y0 + head - 0.1, it["sub"], fontsize=SUB_FONT, va="bottom",
+                    color="0.3")
+        top = y0 + head + 0.1
+        fade, labels = it["fade"], it["labels"]
+        for i in range(r):
+            for j in range(k):
+                v = ids[i, j]
+                faded = fade is not None and fade[i, j]
+                ax.add_patch(Rectangle((x0 + j, top + i), 1, 1, facecolor=color(kind, v, d),
+                                       edgecolor="white" if faded else "0.35", lw=0.5,
+                                       alpha=0.25 if faded else 1.0))
+                t = labels[i][j] if labels is not None else str(int(v))
+                ax.text(x0 + j + 0.5, top + i + 0.52, t, ha="center", va="center",
+                        fontsize=cell_font, color="0.55" if faded else "black")
+        for (i, j, hh, ww) in it["outline"] or ():
+            ax.add_patch(Rectangle((x0 + j, top + i), ww, hh, fill=False, edgecolor="black",
+                                   lw=2.5))
+
+    def _draw_gemm(self, ax, g, x0, y0, c, cell_font):
+        m, kinds = self.d["matrices"], self.d["kinds"]
+        ta, tb, tc = self._gemm_titles(g)
+        a, b = m[g["a"]], m[g["b"]]
+        wa = max(a.shape[1], _text_in(ta, FONT, True) / c)
+        xa = x0 + wa - a.shape[1]                       # A right-aligned, next to C
+        xb = x0 + wa + GAP
+        head = (_lines_in(1, FONT) + _lines_in(1, SUB_FONT)) / c + 0.2
+        yc = y0 + b.shape[0] + head + GAP
+        sub = "{} x {}".format
+        self._draw_grid(ax, dict(ids=b, kind=kinds[g["b"]], title=tb, sub=sub(*b.shape),
+                                 fade=None, labels=None, outline=None), xb, y0, c, cell_font)
+        self._draw_grid(ax, dict(ids=a, kind=kinds[g["a"]], title=ta, sub=sub(*a.shape),
+                                 fade=None, labels=None, outline=None), xa, yc, c, cell_font)
+        self._draw_grid(ax, dict(ids=m[g["c"]], kind=kinds[g["c"]], title=tc,
+                                 sub=sub(*m[g["c"]].shape), fade=None, labels=None,
+                                 outline=None), xb, yc, c, cell_font)
+
+    def render(self, title, legend):
+        """The figure (matplotlib), laid out; the caller saves and closes it."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
 
-        self.newline()
-        width = max(sum(w for w, _, _ in row) + GAP * (len(row) - 1) for row in self.rows)
-        height = sum(max(h for _, h, _ in row) + GAP for row in self.rows)
-        fig = plt.figure(figsize=((width + 1) * CELL, (height + 2) * CELL))
+        # the cell size: the widest item that cannot wrap must fit, at most MAX_CELL_IN
+        usable = MAX_WIDTH_IN - 0.3
+        c = min(MAX_CELL_IN, usable / (max(self.fixed) + 0.5))
+        width = usable / c                               # the row width, in cells
+        ids = [it["ids"] for kind, it in filter(None, self.entries) if kind == "grid"]
+        ids += [self.d["matrices"][it[k]] for kind, it in filter(None, self.entries)
+                if kind == "gemm" for k in ("a", "b", "c")]
+        digits = max(len(str(int(a.max()))) for a in ids) if ids else 1
+        labelled = [len(t) for kind, it in filter(None, self.entries)
+                    if kind == "grid" and it["labels"] for row in it["labels"] for t in row]
+        digits = max([digits] + labelled)
+        cell_font = min(FONT, 0.88 * c * 72 / (0.64 * digits))
+        # rows of (w, h, kind, item), wrapping at `width`
+        rows, row, used = [], [], 0.0
+        for e in self.entries + [None]:
+            if e is None:
+                if row:
+                    rows.append(row)
+                row, used = [], 0.0
+                continue
+            w, h = self._size(*e, c, width)
+            if row and used + GAP + w > width:
+                rows.append(row)
+                row, used = [], 0.0
+            row.append((w, h) + e)
+            used += w + (GAP if len(row) > 1 else 0)
+        fig_w = max(sum(w for w, *_ in r) + GAP * (len(r) - 1) for r in rows) + 0.6
+        body_h = sum(max(h for _, h, *_ in r) + GAP for r in rows)
+        title_h = (_lines_in(title.count("\n") + 1, TITLE_FONT) + 0.2) / c
+        # the legend: two columns where they fit in the picture's width, else one
+        entry_in = max(_text_in(e[0], FONT) for e in legend) + 0.6
+        ncols = 2 if 2 * entry_in + 0.3 <= fig_w * c else 1
+        fig_w = max(fig_w, (entry_in + 0.3) / c)
+        legend_h = (_lines_in(-(-len(legend) // ncols), FONT * 1.1) + 0.5) / c
+        fig_h = title_h + body_h + legend_h
+        fig = plt.figure(figsize=(fig_w * c, fig_h * c))
         ax = fig.add_axes([0, 0, 1, 1])
-        ax.set_xlim(-0.5, width + 0.5)
-        ax.set_ylim(height + 0.5, -1.5)
+        ax.set_xlim(-0.3, fig_w - 0.3)
+        ax.set_ylim(fig_h, 0)
         ax.axis("off")
-        ax.text(-0.3, -1.2, title, fontsize=12, weight="bold", va="top")
-        y = 0.6
-        for row in self.rows:
-            rh = max(h for _, h, _ in row)
+        ax.text(0, 0.2, title, fontsize=TITLE_FONT, weight="bold", va="top")
+        y = title_h
+        for r in rows:
+            rh = max(h for _, h, *_ in r)
             x = 0.0
-            for w, h, fn in row:
-                fn(ax, x, y + (rh - h) / 2)          # centred in its row
+            for w, h, kind, it in r:
+                y0 = y + (rh - h) / 2                   # centred in its row
+                if kind == "grid":
+                    self._draw_grid(ax, it, x, y0, c, cell_font)
+                elif kind == "gemm":
+                    self._draw_gemm(ax, it, x, y0, c, cell_font)
+                elif kind == "op":
+                    ax.text(x + w / 2, y0 + h / 2, it, fontsize=OP_FONT, weight="bold",
+                            ha="center", va="center")
+                else:
+                    ax.text(x, y0 + h / 2, self._wrapped(it, c, width), fontsize=it["size"],
+                            weight=it["weight"], va="center", ha="left", linespacing=1.35)
                 x += w + GAP
             y += rh + GAP
-        fig.savefig(path, dpi=150)
-        plt.close(fig)
+        handles = [Patch(facecolor=fc, edgecolor=ec, lw=lw, alpha=alpha, label=text)
+                   for text, fc, ec, lw, alpha in legend]
+        fig.legend(handles=handles, loc="lower left", ncols=ncols, fontsize=FONT,
+                   frameon=False, bbox_to_anchor=(0.0, 0.0), handlelength=1.4,
+                   columnspacing=1.2)
+        return fig
 
 
-def _wrap(s, width=130):
-    import textwrap
-
-    return "\n".join(textwrap.wrap(s, width))
-
-
-def _gemm_row(cv, d, g, shapes=True):
-    mats, kinds = d["matrices"], d["kinds"]
-
-    def item(name):
-        r, k = mats[name].shape
-        cv.grid(mats[name], kinds[name], name, sub=f"{r} x {k}", rows=d["rownames"][name],
-                cols=d["colnames"][name])
-
-    item(g["a"])
-    cv.op("@")
-    item(g["b"])
-    cv.op("=")
-    item(g["c"])
-    if shapes:
-        cv.note(f"GEMM\nM = {g['M']}\nN = {g['N']}\nK = {g['K']}\n"
-                f"x{g['count']}: {g['note']}", size=8)
+def _gemm_row(cv, d, g):
+    cv.gemm(g)
+    cv.note(f"GEMM {g['c']} = {g['a']} @ {g['b']}\nM = {g['M']}, N = {g['N']}, "
+            f"K = {g['K']}\nx{g['count']}: {g['note']}")
     cv.newline()
 
 
 def _shift_rows(cv, d, mm=0, unread="computed by the GEMM but read by no output"):
-    """The K*K partial maps of filter mm as H x W grids: cells each output reads are bold and
-    labelled with that output; the rest (never read) is faded."""
+    """The K*K partial maps of filter mm as H x W grids: each cell an output reads is
+    labelled with that output's ID (as in y, drawn last); the rest (never read) is faded."""
     n, c, h, wd = d["x_shape"]
     _, _, kh, kw = d["w_shape"]
-    _, _, ho, wo = d["y_shape"]
+    _, m, ho, wo = d["y_shape"]
     ph, pw = d["padding"]
     pos = np.arange(1, h * wd + 1).reshape(h, wd)
+    cv.note(f"Shift-add for filter m = {mm}: each partial-map cell is labelled with the ID of "
+            f"the output y[0, {mm}] it is added into; faded cells are {unread}.", full=True)
     for i in range(kh):
         for j in range(kw):
             s = d["shift"][i, j]
@@ -542,24 +645,56 @@ def _shift_rows(cv, d, mm=0, unread="computed by the GEMM but read by no output"
                 for ow in range(wo):
                     if s[oh, ow]:
                         ih, iw = divmod(int(s[oh, ow]) - 1, wd)
-                        labels[ih][iw] = f"y{mm}({oh},{ow})"
+                        labels[ih][iw] = str(1 + (mm * ho + oh) * wo + ow)
                         fade[ih, iw] = False
-            cv.grid(pos, "p", f"P_{i}{j}[m={mm}]", fade=fade, labels=labels,
+            cv.grid(pos, "p", f"P_{i}{j}", fade=fade, labels=labels,
                     sub=f"shift ({i - ph},{j - pw})")
-            if j < kw - 1:
+            if (i, j) != (kh - 1, kw - 1):
                 cv.op("+")
-        if i < kh - 1:
-            cv.op("+")
-        cv.newline()
     cv.op("=")
     cv.grid(d["y"][0, mm], "y", f"y[0, {mm}]", sub=f"{ho} x {wo}")
-    cv.note("each partial-map cell is labelled with the output it is added into;\n"
-            f"faded cells are {unread}", size=8)
     cv.newline()
 
 
-def draw(d, path):
-    """Draw the lowering `d` (from `lowering`) to the PNG `path`."""
+def legend(d):
+    """(text, facecolour, edgecolour, line width, alpha) of each legend entry of d's picture."""
+    n, c, h, wd = d["x_shape"]
+    x0 = color("x", 1, d)
+    entries = [
+        ("input pixel x: hue = position (h, w), lighter = later channel", x0, "0.35", 0.5, 1),
+        ("padding zero (ID 0)", PAD_GREY, "0.35", 0.5, 1),
+        ("weight w: darker = later filter", color("w", d["w"].max(), d), "0.35", 0.5, 1),
+        ("output y: darker = later filter", color("y", d["y"].max(), d), "0.35", 0.5, 1),
+    ]
+    if "shift" in d:
+        entries += [("partial map P: the input position it belongs to", color("p", 1, d),
+                     "0.35", 0.5, 1),
+                    ("faded: computed, read by no output", color("p", 1, d), "white", 0.5,
+                     0.25)]
+    if d["algo"] == "direct":
+        entries.append(("black frame: the window of output (0, 0)", "white", "black", 2.5, 1))
+    entries.append(("numbers are IDs: 1 + the element's flat index in x, w or y", "white",
+                    "white", 0, 0))
+    return entries
+
+
+def draw(d, *paths):
+    """Draw the lowering `d` (from `lowering`) to each of `paths` (PNG, SVG or PDF, by the
+    suffix); returns the paths."""
+    import matplotlib.pyplot as plt
+
+    fig = picture(d)
+    try:
+        for path in paths:
+            fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+    return list(paths)
+
+
+def picture(d):
+    """The matplotlib figure of the lowering `d`: at most MAX_WIDTH_IN wide, every text at
+    least FONT pt (cell numbers shrink only for inputs too big for a slide)."""
     n, c, h, wd = d["x_shape"]
     m, _, kh, kw = d["w_shape"]
     _, _, ho, wo = d["y_shape"]
@@ -574,27 +709,23 @@ def draw(d, path):
             cv.grid(d["x_padded"][b, ci], "x", f"x[{b}, {ci}]",
                     sub=f"{h}x{wd}" + (f" + padding {ph},{pw}" if ph or pw else ""),
                     outline=outline)
-    cv.op(" ")
     for mm in range(m):
         for ci in range(c):
             cv.grid(d["w"][mm, ci], "w", f"w[{mm}, {ci}]", sub=f"{kh}x{kw}")
-    cv.newline()
-    cv.note("\n".join(_wrap(s) for s in d["steps"][:-1]), size=8.5)
-    cv.newline()
+    cv.note("\n".join(d["steps"][:-1]), full=True)
     if d["algo"] == "direct":
-        shown = [(oh, ow) for oh in range(ho) for ow in range(wo)][:4]
+        shown = [(oh, ow) for oh in range(ho) for ow in range(wo)][:2]
         for oh, ow in shown:
             cv.grid(d["windows"][0, oh, ow].reshape(c, kh * kw), "x",
                     f"window of y[0, :, {oh}, {ow}]", sub=f"C x KH*KW = {c} x {kh * kw}")
-        cv.note("read in place:\nnothing is copied\n(workspace 0 bytes)", size=8)
+        cv.note("read in place:\nnothing is copied\n(workspace 0 bytes)")
         cv.newline()
     elif d["algo"] == "kn2row-aa":
-        for g in d["gemms"][:3]:
+        for g in d["gemms"][:2]:
             _gemm_row(cv, d, g)
-        if len(d["gemms"]) > 3:
-            cv.note(f"... and {len(d['gemms']) - 3} more taps, each GEMM followed at once by "
-                    "its shift-add into y (run --text to see them all)", size=9)
-            cv.newline()
+        if len(d["gemms"]) > 2:
+            cv.note(f"... and {len(d['gemms']) - 2} more taps, each GEMM followed at once by "
+                    "its shift-add into y (run --text to see them all)", full=True)
         _shift_rows(cv, d, unread="read by no output (rows outside a tap's band are "
                                   "not even computed)")
     else:
@@ -606,12 +737,11 @@ def draw(d, path):
     for b in range(n):
         for mm in range(m):
             cv.grid(d["y"][b, mm], "y", f"y[{b}, {mm}]", sub=f"{ho}x{wo}")
-    cv.note(f"result y {d['y_shape']}   (workspace {d['workspace_bytes']} bytes, "
-            "from kernels.workspace_bytes)", size=9)
-    title = (f"{d['algo']}:  x {d['x_shape']} (NCHW),  w {d['w_shape']} (MCKK),  "
+    cv.note(f"result y {d['y_shape']}; workspace {d['workspace_bytes']} bytes "
+            "(kernels.workspace_bytes)")
+    title = (f"{d['algo']}:  x {d['x_shape']} (NCHW),  w {d['w_shape']} (MCKK),\n"
              f"stride {d['stride']},  padding {d['padding']}  ->  y {d['y_shape']}")
-    cv.render(title, path)
-    return path
+    return cv.render(title, legend(d))
 
 
 # --------------------------------------------------------------------------- command line
@@ -631,22 +761,51 @@ def _ints(n_expected, name):
     return parse
 
 
+def _outputs(out, algo, formats):
+    """The files to write: --out's path with each format's suffix (--out explain.png and
+    formats png,svg: explain.png and explain.svg). ValueError says what is wrong and what
+    to do."""
+    from pathlib import Path
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"--format: unknown format {', '.join(bad) or '(none)'}; choose "
+                         f"from {', '.join(FORMATS)}, comma-separated")
+    path = Path(out or f"explain-{algo}.png")
+    if path.suffix and path.suffix[1:].lower() not in FORMATS:
+        raise ValueError(f"--out {path}: unknown suffix {path.suffix!r}; end it in "
+                         f"{', '.join('.' + f for f in FORMATS)} or leave the suffix off")
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist"
+        raise ValueError(f"--out {path}: the directory {folder} {what}; create it first "
+                         "(mkdir -p) or choose another path")
+    return [path.with_suffix("." + f) for f in formats]
+
+
 def run(args):
     kernel = args.kernel if len(args.kernel) == 2 else args.kernel * 2
     stride = args.stride if len(args.stride) == 2 else args.stride * 2
     padding = args.padding if len(args.padding) == 2 else args.padding * 2
     x_shape = args.input
     w_shape = (args.filters, x_shape[1], *kernel)
+    formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
     try:
         d = lowering(args.algo, x_shape, w_shape, stride, padding)
+        paths = _outputs(args.out, args.algo, formats)
     except ValueError as e:
         print(f"minigrad explain: {e}", file=sys.stderr)
         return 2
     if args.text:
         print(text(d), end="")
-    out = args.out or f"explain-{args.algo}.png"
-    draw(d, out)
-    print(f"wrote {out}")
+    try:
+        draw(d, *paths)
+    except OSError as e:                       # e.g. a read-only directory
+        print(f"minigrad explain: cannot write {e.filename or paths[0]} "
+              f"({e.strerror or e}); choose a writable --out path", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(f"wrote {path}")
     return 0
 
 
@@ -654,9 +813,10 @@ def add_parser(subparsers):
     """Register `minigrad explain` on an argparse subparsers object."""
     p = subparsers.add_parser(
         "explain", help="draw how a convolution algorithm lowers a small input to GEMM",
-        description="Draw (PNG) and optionally print (--text) how ALGO lowers a small "
-                    "convolution to matrix multiplication: every lowered-matrix cell is "
-                    "coloured and labelled by the input pixel it came from (grey 0 = padding).")
+        description="Draw (PNG and SVG) and optionally print (--text) how ALGO lowers a "
+                    "small convolution to matrix multiplication: every lowered-matrix cell "
+                    "is coloured and numbered by the element it came from (grey 0 = "
+                    "padding). The picture is at most 1600 px wide, for slides.")
     p.add_argument("algo", choices=ALGOS)
     p.add_argument("--input", type=_ints((4,), "--input"), default=(1, 2, 4, 4),
                    metavar="N,C,H,W", help="input shape (default 1,2,4,4)")
@@ -669,7 +829,10 @@ def add_parser(subparsers):
     p.add_argument("--padding", type=_ints((1, 2), "--padding"), default=(1,),
                    metavar="P[,P]", help="zero padding (default 1)")
     p.add_argument("--out", default=None, metavar="PATH",
-                   help="PNG to write (default explain-ALGO.png)")
+                   help="file to write, one per --format with its suffix (default "
+                        "explain-ALGO.png and .svg); its directory must exist")
+    p.add_argument("--format", default="png,svg",
+                   help=f"comma-separated, from {', '.join(FORMATS)} (default png,svg)")
     p.add_argument("--text", action="store_true", help="also print the lowering as text")
     p.set_defaults(func=run)
     return p

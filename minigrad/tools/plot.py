@@ -1,10 +1,32 @@
-"""`minigrad plot results.json --out DIR`: the benchmark figures, from pytest-benchmark JSON.
+"""`minigrad plot FILE... --out DIR`: figures from benchmark results and training logs.
 
     pytest bench --benchmark-json=results.json
-    minigrad plot results.json --out docs/figures      # PNG + SVG of every figure it can draw
+    minigrad plot results.json --out docs/figures        # every figure the file allows
+    minigrad plot before.json after.json --out cmp       # the two runs side by side
+    minigrad plot .benchmarks/*/0001_*.json .benchmarks/*/0002_*.json --out cmp
+    minigrad plot im2col.jsonl kn2row.jsonl --out curves # training curves, overlaid
 
-Each benchmark record is {"name", "group", "params", "stats": {"mean", "stddev", ...},
-"extra_info": {...}}. The time of a record is stats.mean (seconds); everything else is read
+What a file is decides what is drawn (by its content; a `.jsonl` name means a training log):
+
+  one pytest-benchmark JSON     the figures below, each to DIR/NAME.png and DIR/NAME.svg
+  two or more of them           DIR/compare-GROUP.png per benchmark group: each file's
+                                median time per benchmark side by side, with its IQR, and
+                                each later file's time as a ratio to the first file's
+  training logs (*.jsonl)       DIR/curves.png: loss and accuracy against epoch (or
+                                --per step), one colour per run
+
+Every figure states its statistic on the axis (the median of the rounds; whiskers the
+interquartile range q1-q3, or min-max where a file has no quartiles) and carries a footer
+with the source file, commit and machine. Results measured on a dirty tree (uncommitted
+changes) say so in the footer, and the command prints a warning: such figures cannot be
+redrawn from any commit.
+
+Benchmark records
+-----------------
+Each record is {"name", "group", "params", "stats": {"median", "q1", "q3", "mean", ...},
+"extra_info": {...}}; pytest-benchmark's machine_info (with bench/conftest.py's "minigrad"
+section: BLAS kernels, GEMM, threads, git state) and commit_info describe the run. The time
+of a record is stats.median (stats.mean where a file has no median); everything else is read
 from extra_info, with these keys (the bench suites record them with
 `benchmark.extra_info.update(...)`):
 
@@ -18,16 +40,16 @@ from extra_info, with these keys (the bench suites record them with
                                 for pytorch records anything (ignored)       training
   backend               str     "numpy" / "numba" / "cupy" (minigrad)        speedup, gflops
   device                str     "cpu" / "cuda": PyTorch baselines are per device
-  dtype                 str     e.g. "float32" (conv titles; default float32, the conv
-                                bench suite's dtype)
+  dtype                 str     e.g. "float32" (conv titles; default float32)
   pass                  str     "forward" or "forward+backward"              speedup, gflops
                                 (also read: key pass_, values "fwd"/"fwdbwd")
   flops                 number  floating-point operations of one call        gflops, layer order
-  gflops                number  flops / mean / 1e9 (used when flops is absent)  gflops
-  sgemm_gflops          number  measured sgemm GFLOP/s of this machine       gflops (ceiling)
+  gflops                number  flops / time / 1e9 (used when flops is absent)  gflops
+  sgemm_gflops          number  NumPy's sgemm GFLOP/s, same run (a yardstick)  gflops
   workspace_bytes       int     kernels.workspace_bytes(algo, ...) (minigrad)  workspace
   num_workers           int     data-loader threads (records of group "loader")  loader
-  batches_per_second    number  loader throughput (else extra_info "batches" / mean)  loader
+  batches               int     batches per round (throughput = batches / time)  loader
+  batches_per_second    number  loader throughput, used when batches is absent  loader
   test_accuracy         number  in [0, 1], a training run's test accuracy    training, dgc
   task                  str     "iris" / "mnist-step" / ... (default: the group)  training
   epochs, batch_size    int     shown in the training panel titles           training
@@ -41,18 +63,18 @@ from extra_info, with these keys (the bench suites record them with
   compression_ratio     number  dense bytes / bytes sent (DGC)               distributed
 
 A training record is one with test_accuracy or task and none of layer, strategy or
-num_workers. The figure titles say what is compared and on what: dtype (conv figures),
-device, and the CPU from the file's machine_info (cpu.brand_raw, cpu.count), with the
-commit from commit_info.
+num_workers. Titles say what is compared and on what: dtype (conv figures), device, and the
+CPU from the file's machine_info.
 
-Figures (each to DIR/NAME.png and DIR/NAME.svg):
+Figures of one results file:
   speedup      PyTorch time / minigrad time per algorithm and layer, forward and
                forward+backward, one panel row per fast backend (numba; cupy against
                PyTorch on its device when present). The NumPy backend is a readable
                reference, not a speed contender: it is left out (the title says so) unless
                it is the only backend. Log scale, a line at 1.0: above it minigrad is faster.
   gflops       achieved GFLOP/s per algorithm and layer for the same backends, with PyTorch,
-               against the measured sgemm ceiling (CPU panels)
+               and NumPy's sgemm measured in the same run as a yardstick line (labelled with
+               its BLAS kernels; minigrad's own GEMM can beat it, so it is no ceiling)
   workspace    lowering workspace per algorithm and layer (MiB, log scale)
   loader       loader throughput (batches/s) against num_workers
   training     time per run / per step and (where recorded) test accuracy, minigrad per
@@ -67,12 +89,21 @@ A figure whose records are absent is skipped and the reason printed. Its files f
 earlier run in DIR (NAME.png, NAME.svg, NAME.pdf and NAME.<each requested format>) would then
 be stale and look current, so they are deleted, and the printed line says which were.
 
-A malformed file (not JSON, no "benchmarks" list, a record without stats.mean, a non-numeric
-number key) raises ValueError naming the file and what is wrong; the command prints it and
-exits with status 2.
+Training logs
+-------------
+`minigrad train ... --log FILE.jsonl` writes one JSON object per line with an "event" key:
+"start" (run label, config), "step" (epoch, step, running loss), "epoch" (epoch, step, loss,
+train/test/val accuracy, seconds, ...), "diverged", "end". Unknown keys and events are
+ignored; a log without "end" or with a cut-off last line (a killed run) is drawn as far as it
+goes, and its legend entry says so.
+
+Errors (a missing file, a file that is not JSON, a record without stats.mean, a
+non-numeric number key, ...) raise ValueError naming the file, what is wrong and what to do;
+the command prints `minigrad plot: <that>` and exits with status 2.
 """
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -96,67 +127,118 @@ MIB = 2.0 ** 20
 
 def load(path):
     """The validated records of a pytest-benchmark JSON file: a list of dicts with name,
-    group, mean (seconds), stddev and extra (extra_info). Raises ValueError if malformed."""
+    fullname, group, time (seconds: the median, else the mean), stat ("median" / "mean"),
+    lo and hi (the spread: q1 and q3, else min and max, else the time), spread ("IQR",
+    "min-max" or ""), mean, stddev and extra (extra_info). Raises ValueError if malformed."""
     return read(path)[0]
 
 
-def read(path):
-    """(records, info): load()'s records and what the file says about the run: info is
-    {"machine": "AMD EPYC, 2 logical CPUs" or "", "commit": short commit id or ""}."""
-    path = Path(path)
+def _read_text(path, what, how):
     try:
-        raw = path.read_text()
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the file ({e.strerror or e})") from None
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file; check the path ({how})") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory; give a {what} file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise ValueError(f"{path}: cannot read the file ({why}); give a readable {what} "
+                         "file") from None
+
+
+def read(path):
+    """(records, info): load()'s records and what the file says about the run (see _info)."""
+    path = Path(path)
+    raw = _read_text(path, "pytest-benchmark JSON", "`pytest bench --benchmark-json=FILE` "
+                     "writes one")
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
-                         f"{e.colno}); expected pytest --benchmark-json output") from None
+                         f"{e.colno}); give the output of `pytest bench "
+                         "--benchmark-json=FILE`") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
-        raise ValueError(f"{path}: no \"benchmarks\" list at the top level; expected the "
-                         "output of `pytest bench --benchmark-json=FILE`")
+        raise ValueError(f"{path}: no \"benchmarks\" list at the top level; give the output "
+                         "of `pytest bench --benchmark-json=FILE`")
     records = []
     for i, b in enumerate(doc["benchmarks"]):
         where = f"{path}: benchmarks[{i}]"
         if not isinstance(b, dict):
-            raise ValueError(f"{where} is not an object")
+            raise ValueError(f"{where} is not an object; the file is not pytest-benchmark "
+                             "output")
         where += f" ({b.get('name', '?')!r})"
         stats = b.get("stats")
         if not isinstance(stats, dict):
-            raise ValueError(f"{where} has no \"stats\" object")
+            raise ValueError(f"{where} has no \"stats\" object; the file is not "
+                             "pytest-benchmark output")
         mean = stats.get("mean")
         if not _number(mean) or not mean > 0:
             raise ValueError(f"{where}: stats.mean must be a positive number of seconds, "
-                             f"got {mean!r}")
+                             f"got {mean!r}; the file is damaged, rerun the benchmark")
         extra = b.get("extra_info") or {}
         if not isinstance(extra, dict):
-            raise ValueError(f"{where}: extra_info must be an object, got {type(extra).__name__}")
+            raise ValueError(f"{where}: extra_info must be an object, got "
+                             f"{type(extra).__name__}; fix the bench suite that wrote it")
         for k in NUMERIC_KEYS:
             if k in extra and extra[k] is not None and not _number(extra[k]):
                 raise ValueError(f"{where}: extra_info[{k!r}] must be a number, "
-                                 f"got {extra[k]!r}")
+                                 f"got {extra[k]!r}; fix the bench suite that wrote it")
         std = stats.get("stddev")
-        records.append(dict(name=str(b.get("name", f"#{i}")), group=b.get("group") or "",
-                            mean=float(mean), stddev=float(std) if _number(std) else 0.0,
-                            extra=_canonical(extra)))
-    return records, _info(doc)
+        r = dict(name=str(b.get("name", f"#{i}")), group=b.get("group") or "",
+                 mean=float(mean), stddev=float(std) if _number(std) else 0.0,
+                 extra=_canonical(extra))
+        r["fullname"] = str(b.get("fullname") or r["name"])
+        r.update(_statistic(stats))
+        records.append(r)
+    return records, _info(doc, path)
 
 
-def _info(doc):
-    """The machine and commit of a run, from pytest-benchmark's machine_info/commit_info
-    (either may be missing or partial: then that part is "")."""
+def _statistic(stats):
+    """The time a figure shows and its spread, from pytest-benchmark's stats: the median with
+    its interquartile range where recorded (always, in pytest-benchmark's files)."""
+    median = stats.get("median")
+    if _number(median) and median > 0:
+        t, stat = float(median), "median"
+    else:
+        t, stat = float(stats["mean"]), "mean"
+    for lo_key, hi_key, name in (("q1", "q3", "IQR"), ("min", "max", "min-max")):
+        lo, hi = stats.get(lo_key), stats.get(hi_key)
+        if _number(lo) and _number(hi) and 0 < lo <= t <= hi:
+            return dict(time=t, stat=stat, lo=float(lo), hi=float(hi), spread=name)
+    return dict(time=t, stat=stat, lo=t, hi=t, spread="")
+
+
+def _info(doc, path=None):
+    """What a results file says about its run, from pytest-benchmark's machine_info (with
+    bench/conftest.py's "minigrad" section) and commit_info; any part may be missing:
+
+    machine  "AMD EPYC, 2 logical CPUs" or ""      commit  short commit id or ""
+    dirty    True / False / None (not recorded)    blas    "OpenBLAS SkylakeX" or ""
+    cpu      the CPU model or ""                   source  the file's name
+    """
     mi = doc.get("machine_info") if isinstance(doc.get("machine_info"), dict) else {}
+    ours = mi.get("minigrad") if isinstance(mi.get("minigrad"), dict) else {}
     cpu = mi.get("cpu") if isinstance(mi.get("cpu"), dict) else {}
-    brand = str(cpu.get("brand_raw") or mi.get("processor") or "").strip()
-    count = cpu.get("count")
+    brand = str(cpu.get("brand_raw") or ours.get("cpu_model") or mi.get("processor")
+                or "").strip()
+    count = cpu.get("count") or ours.get("cpu_count")
     machine = ", ".join(p for p in (brand, f"{count} logical CPUs" if _number(count) else "")
                         if p)
     ci = doc.get("commit_info") if isinstance(doc.get("commit_info"), dict) else {}
-    commit = str(ci.get("id") or "")[:7]
-    if commit and ci.get("dirty"):
-        commit += "+dirty"
-    return {"machine": machine, "commit": commit}
+    git = ours.get("git") if isinstance(ours.get("git"), dict) else {}
+    commit = str(ci.get("id") or git.get("commit") or "")
+    commit = "" if commit in ("unversioned", "unknown") else commit[:7]
+    dirty = ci.get("dirty") if isinstance(ci.get("dirty"), bool) else git.get("dirty")
+    blas = ""
+    libs = [b for b in ours.get("blas") or () if isinstance(b, dict)]
+    libs.sort(key=lambda b: not b.get("numpy"))          # NumPy's own BLAS first
+    if libs:
+        lib = str(libs[0].get("library") or "BLAS")
+        lib = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(lib, lib)
+        blas = f"{lib} {libs[0].get('kernel') or ''}".strip()
+    return {"machine": machine, "cpu": brand, "commit": commit,
+            "dirty": dirty if isinstance(dirty, bool) else None, "blas": blas,
+            "source": Path(path).name if path else ""}
 
 
 PASS_ALIASES = {"fwd": "forward", "forward": "forward", "fwdbwd": "forward+backward",
@@ -246,8 +328,8 @@ def _device(e):
 
 
 def _context(info, records, dtype=False):
-    """What the records ran on, for a title line: "float32 · CPU: AMD EPYC, 2 logical CPUs
-    · commit e39d8dd"."""
+    """What the records ran on, for a title line: "float32 · CPU: AMD EPYC, 2 logical
+    CPUs". The commit goes in the footer (see _footer)."""
     info = info or {}
     parts = []
     if dtype:
@@ -259,22 +341,87 @@ def _context(info, records, dtype=False):
             parts.append(f"CPU: {info['machine']}" if info.get("machine") else "CPU")
         else:
             parts.append(d.upper())
-    if info.get("commit"):
-        parts.append(f"commit {info['commit']}")
     return " · ".join(parts)
 
 
-def _title(fig, what, context, note=""):
+FOOTER_GID = "minigrad-footer"
+BOTTOM_LEGEND_GID = "minigrad-bottom-legend"
+DIRTY = "DIRTY TREE: measured with uncommitted changes, not reproducible from the commit"
+
+
+def footer_text(info):
+    """The footer line: source file, commit (and the dirty-tree warning), machine."""
+    info = info or {}
+    parts = [f"source: {info['source']}" if info.get("source") else ""]
+    if info.get("commit"):
+        parts.append(f"commit {info['commit']}")
+    else:
+        parts.append("commit not recorded")
+    if info.get("dirty"):
+        parts.append(DIRTY)
+    if info.get("blas"):
+        parts.append(f"BLAS: {info['blas']}")
+    return " · ".join(p for p in parts if p) + " · drawn by minigrad plot"
+
+
+def _footer(fig, info, text=None):
+    """Write the footer at the bottom edge (in red when the results came from a dirty tree),
+    put the bottom legend (if any) just above it, and keep the panels clear of both."""
+    import textwrap
+
+    info = info or {}
+    width_chars = int(fig.get_figwidth() * 72 / (8 * 0.56))     # 8 pt characters per line
+    text = "\n".join(textwrap.wrap(text or footer_text(info), width_chars))
+    lines = text.count("\n") + 1
+    band = (0.08 + 0.15 * lines) / fig.get_figheight()            # inches -> figure fraction
+    fig.text(0.005, 0.006, text, fontsize=8, ha="left", va="bottom", linespacing=1.25,
+             color="crimson" if info.get("dirty") else "0.35", gid=FOOTER_GID)
+    bottom = band
+    legends = [leg for leg in fig.legends if leg.get_gid() == BOTTOM_LEGEND_GID]
+    if legends:
+        renderer = fig.canvas.get_renderer()
+        for leg in legends:
+            leg.set_bbox_to_anchor((0.5, band), transform=fig.transFigure)
+            bottom = max(bottom, band + leg.get_window_extent(renderer).height
+                         / fig.bbox.height + 0.01)
+    engine = fig.get_layout_engine()
+    if engine is not None and hasattr(engine, "set"):
+        try:
+            engine.set(rect=(0, bottom, 1, 1 - bottom))
+        except TypeError:                                        # no rect: nothing to do
+            pass
+
+
+def footer_of(fig):
+    """The footer text of a figure drawn here ("" if none)."""
+    return next((t.get_text() for t in fig.texts if t.get_gid() == FOOTER_GID), "")
+
+
+def _title(fig, what, context, note="", info=None):
     lines = [what] + [s for s in (note, context) if s]
     fig.suptitle("\n".join(lines), fontsize=11)
+    _footer(fig, info)
+
+
+def _time_label(records, unit, what="time"):
+    """Axis label naming the statistic and the whiskers, e.g. "median time (ms); whiskers:
+    IQR (q1-q3)"."""
+    stats = sorted({r["stat"] for r in records}) or ["median"]
+    spreads = sorted({r["spread"] for r in records if r["spread"]})
+    whisk = {"IQR": "IQR (q1-q3)", "min-max": "min-max"}
+    label = f"{'/'.join(stats)} {what} ({unit})"
+    if spreads:
+        label += "; whiskers: " + " or ".join(whisk[s] for s in spreads)
+    return label
 
 
 def _bars(ax, groups, series, value, fmt="{:.2f}", log=False, rotate=False, fontsize=7,
-          style=None):
+          style=None, spread=None):
     """Grouped bars: one group per x label in `groups`, one bar per series; value(g, s) may
     be None (no bar). Values are written above the bars with fmt (a format string or a
     function of the value), turned upright with rotate=True so that narrow bars' labels
-    cannot overlap. style(s) may return extra bar kwargs."""
+    cannot overlap. style(s) may return extra bar kwargs. spread(g, s) may return (lo, hi),
+    drawn as a whisker."""
     import numpy as np
 
     width = 0.8 / max(len(series), 1)
@@ -288,10 +435,18 @@ def _bars(ax, groups, series, value, fmt="{:.2f}", log=False, rotate=False, font
             continue
         kw = dict(color=_color(s))
         kw.update(style(s) if style else {})
+        tops = list(vs)
+        if spread is not None:
+            lohi = [spread(g, s) for g, v in zip(groups, vals, strict=True) if v is not None]
+            lohi = [(v, v) if e is None else e for v, e in zip(vs, lohi, strict=True)]
+            kw["yerr"] = [[max(v - lo, 0) for v, (lo, _) in zip(vs, lohi, strict=True)],
+                          [max(hi - v, 0) for v, (_, hi) in zip(vs, lohi, strict=True)]]
+            kw["error_kw"] = dict(lw=0.8, capsize=2, ecolor="0.15")
+            tops = [max(v, hi) for v, (_, hi) in zip(vs, lohi, strict=True)]
         bars = ax.bar(xs, vs, width * 0.9, label=s, **kw)
-        for b, v in zip(bars, vs):
+        for b, v, top in zip(bars, vs, tops, strict=True):
             text = fmt(v) if callable(fmt) else fmt.format(v)
-            ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()),
+            ax.annotate(text, (b.get_x() + b.get_width() / 2, top),
                         ha="center", va="bottom", fontsize=fontsize, xytext=(0, 2),
                         textcoords="offset points", rotation=90 if rotate else 0,
                         bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none",
@@ -313,10 +468,18 @@ def _gflops_label(v):
 
 
 def _legend_below(fig, ax, ncols=None):
-    """One legend for the figure, under the panels (constrained layout makes room)."""
+    """One legend for the figure, under the panels."""
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=ncols or len(labels),
-               fontsize=8, frameon=False)
+    _bottom_legend(fig, handles, labels, ncols=ncols or len(labels), fontsize=8)
+
+
+def _bottom_legend(fig, handles, labels, **kw):
+    """A figure legend under the panels and above the footer; _footer makes room for both
+    (constrained layout's own "outside lower" legends would sit on the footer)."""
+    leg = fig.legend(list(handles), list(labels), loc="lower center",
+                     bbox_to_anchor=(0.5, 0), frameon=False, **kw)
+    leg.set_gid(BOTTOM_LEGEND_GID)
+    return leg
 
 
 # --------------------------------------------------------------------------- figures
@@ -340,112 +503,148 @@ def _omitted_note(omitted):
             "not a speed contender)")
 
 
+def _stat_words(records):
+    """ "median" (or "mean" for files without medians) and the whisker description."""
+    stat = "/".join(sorted({r["stat"] for r in records})) or "median"
+    spreads = sorted({r["spread"] for r in records if r["spread"]})
+    whisk = " or ".join({"IQR": "the IQR (q1-q3)", "min-max": "min-max"}[x] for x in spreads)
+    return stat, whisk
+
+
 def fig_speedup(records, info=None):
     mg, torch, shown, omitted = _conv_panels(records)
     base = {}
     for r in torch:
         e = r["extra"]
         k = (e["layer"], e["pass"], _device(e))
-        base[k] = min(base.get(k, math.inf), r["mean"])
-    speed, devices = {}, {}
+        if k not in base or r["time"] < base[k]["time"]:
+            base[k] = r
+    speed, spread, devices = {}, {}, {}
     for r in mg:
         e = r["extra"]
         k = (e["layer"], e["pass"], _device(e))
         if k in base:
-            speed[(_backend(e), e["pass"], e["layer"], str(e.get("algo", "?")))] = \
-                base[k] / r["mean"]
+            t = base[k]
+            key = (_backend(e), e["pass"], e["layer"], str(e.get("algo", "?")))
+            speed[key] = t["time"] / r["time"]
+            # the ratio's range when both times move within their spreads
+            spread[key] = (t["lo"] / r["hi"], t["hi"] / r["lo"])
             devices.setdefault(_backend(e), set()).add(_device(e))
     if not speed:
         return ("no conv records with both engine 'minigrad' and 'pytorch' for the same "
                 "layer, pass and device (extra_info layer, algo, pass, engine)")
     rows = [b for b in shown if b in devices]
     passes = [p for p in PASSES if any(k[1] == p for k in speed)]
-    vals = list(speed.values())
+    vals = list(speed.values()) + [v for lohi in spread.values() for v in lohi]
     lo = 10 ** math.floor(math.log10(min(vals) * 0.9))
     top = max(1.0, max(vals))
     hi = 10 ** (math.log10(top) + 0.25 * (math.log10(top) - math.log10(lo)) + 0.05)
+    stat, whisk = _stat_words(mg + torch)
     plt = _plt()
     fig, axes = plt.subplots(len(rows), len(passes), squeeze=False, layout="constrained",
-                             figsize=(6.2 * len(passes), 3.9 * len(rows) + 1.4))
+                             figsize=(6.2 * len(passes), 3.9 * len(rows) + 1.6))
     for i, b in enumerate(rows):
-        for ax, p in zip(axes[i], passes):
+        for ax, p in zip(axes[i], passes, strict=True):
             keys = [k for k in speed if k[0] == b and k[1] == p]
             layers = _layers(records, {k[2] for k in keys})
             algos = sorted({k[3] for k in keys}, key=_algo_key)
             _bars(ax, layers, algos, lambda g, s, b=b, p=p: speed.get((b, p, g, s)),
-                  fmt="{:.2g}x", log=True, rotate=True)
+                  fmt="{:.2g}x", log=True, rotate=True,
+                  spread=lambda g, s, b=b, p=p: spread.get((b, p, g, s)))
             ax.axhline(1.0, color="black", lw=1.2, ls="--",
                        label="PyTorch = 1 (above: minigrad faster)")
             ax.set_ylim(lo, hi)
             dev = "/".join(sorted(devices[b]))
             ax.set_title(f"{b} backend vs PyTorch ({dev}), {p}", fontsize=10)
             ax.set_xlabel("layer")
-            ax.set_ylabel("speedup (PyTorch time / minigrad time)")
+            ax.set_ylabel(f"speedup (PyTorch {stat} time /\nminigrad {stat} time)")
     _legend_below(fig, axes[0][0])
+    note = _omitted_note(omitted)
+    if whisk:
+        note = "; ".join(x for x in (note, f"whiskers: the ratio's range over {whisk} of "
+                                           "both times") if x)
     _title(fig, "Convolution speedup over PyTorch per algorithm (log scale; higher is "
                 "better, > 1: minigrad faster)", _context(info, mg + torch, dtype=True),
-           _omitted_note(omitted))
+           note, info)
     return fig
+
+
+def sgemm_label(info, gflops):
+    """The yardstick line's legend entry: what was measured, on which BLAS kernels."""
+    blas = (info or {}).get("blas") or ""
+    kernels = f"{blas} kernels" if blas else "BLAS kernels not recorded"
+    return f"NumPy sgemm ({kernels}), measured in the same run: {gflops:.0f} GFLOP/s"
 
 
 def fig_gflops(records, info=None):
     mg, torch, shown, omitted = _conv_panels(records)
-    val, devices = {}, {}
+    val, spread, devices = {}, {}, {}
     for r in mg + torch:
         e = r["extra"]
-        g = e["flops"] / r["mean"] / 1e9 if _number(e.get("flops")) else e.get("gflops")
+        if _number(e.get("flops")):
+            g = e["flops"] / r["time"] / 1e9
+            lohi = (e["flops"] / r["hi"] / 1e9, e["flops"] / r["lo"] / 1e9)
+        else:
+            g, lohi = e.get("gflops"), None
         if not _number(g):
             continue
         if e["engine"] == "pytorch":
             for b in shown:                            # PyTorch on the backend's device
-                val[(b, e["pass"], e["layer"], "PyTorch", _device(e))] = g
+                k = (b, e["pass"], e["layer"], "PyTorch", _device(e))
+                val[k], spread[k] = g, lohi
         else:
-            val[(_backend(e), e["pass"], e["layer"], str(e.get("algo", "?")), _device(e))] = g
+            k = (_backend(e), e["pass"], e["layer"], str(e.get("algo", "?")), _device(e))
+            val[k], spread[k] = g, lohi
             devices.setdefault(_backend(e), set()).add(_device(e))
     if not devices:
         return "no conv records with extra_info flops (or gflops), layer, pass and engine"
-    ceil = sorted(r["extra"]["sgemm_gflops"] for r in records
-                  if _number(r["extra"].get("sgemm_gflops")))
-    c = ceil[len(ceil) // 2] if ceil else None
+    sgemm = sorted(r["extra"]["sgemm_gflops"] for r in records
+                   if _number(r["extra"].get("sgemm_gflops")))
+    c = sgemm[len(sgemm) // 2] if sgemm else None
     rows = [b for b in shown if b in devices]
     passes = [p for p in PASSES if any(k[1] == p for k in val)]
+    stat, whisk = _stat_words(mg + torch)
     plt = _plt()
     fig, axes = plt.subplots(len(rows), len(passes), squeeze=False, layout="constrained",
-                             figsize=(6.2 * len(passes), 3.9 * len(rows) + 1.4))
+                             figsize=(6.2 * len(passes), 3.9 * len(rows) + 1.6))
     for i, b in enumerate(rows):
         devs = devices[b]
-        top = max([v for k, v in val.items() if k[0] == b and k[4] in devs]
-                  + ([c] if c and "cpu" in devs else []))
-        for ax, p in zip(axes[i], passes):
+        top = max([max(v, (spread.get(k) or (v, v))[1]) for k, v in val.items()
+                   if k[0] == b and k[4] in devs] + ([c] if c and "cpu" in devs else []))
+        for ax, p in zip(axes[i], passes, strict=True):
             keys = [k for k in val if k[0] == b and k[1] == p and k[4] in devs]
             panel = {(k[2], k[3]): val[k] for k in keys}
+            whiskers = {(k[2], k[3]): spread[k] for k in keys}
             layers = _layers(records, {k[0] for k in panel})
             series = sorted({k[1] for k in panel if k[1] != "PyTorch"}, key=_algo_key)
             series += ["PyTorch"] if any(k[1] == "PyTorch" for k in panel) else []
             _bars(ax, layers, series, lambda g, s, panel=panel: panel.get((g, s)),
                   fmt=_gflops_label, rotate=True,
                   style=lambda s: dict(hatch="//", edgecolor="white") if s == "PyTorch"
-                  else {})
+                  else {}, spread=lambda g, s, w=whiskers: w.get((g, s)))
             if c and "cpu" in devs:
-                ax.axhline(c, color="crimson", lw=1.5, ls="--",
-                           label=f"measured sgemm ceiling, {c:.0f} GFLOP/s (NumPy BLAS)")
+                ax.axhline(c, color="crimson", lw=1.5, ls="--", label=sgemm_label(info, c))
             ax.set_ylim(0, top * 1.22)                 # room for the upright labels
             dev = "/".join(sorted(devs))
             ax.set_title(f"{b} backend and PyTorch ({dev}), {p}", fontsize=10)
             ax.set_xlabel("layer")
-            ax.set_ylabel("GFLOP/s (useful conv FLOPs / time)")
+            ax.set_ylabel(f"GFLOP/s (useful conv FLOPs /\n{stat} time)")
     handles = {}
-    for ax in axes.flat:                               # every series and the ceiling once
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+    for ax in axes.flat:                               # every series and the yardstick once
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center",
-               ncols=min(len(handles), 8), fontsize=8, frameon=False)
+    _bottom_legend(fig, handles.values(), handles.keys(), ncols=min(len(handles), 7),
+                   fontsize=8)
     note = _omitted_note(omitted)
+    if whisk:
+        note = "; ".join(x for x in (note, f"whiskers: GFLOP/s over {whisk} of the times")
+                         if x)
     if not c:
-        note = "; ".join(s for s in (note, "no sgemm_gflops recorded: no ceiling line") if s)
-    _title(fig, "Convolution throughput (GFLOP/s) per algorithm, minigrad and PyTorch, "
-                "against the measured sgemm ceiling",
-           _context(info, mg + torch, dtype=True), note)
+        note = "; ".join(x for x in (note, "no sgemm_gflops recorded: no NumPy sgemm line")
+                         if x)
+    _title(fig, "Convolution throughput (GFLOP/s) per algorithm, minigrad and PyTorch"
+           + (", with NumPy's sgemm measured in the same run" if c else ""),
+           _context(info, mg + torch, dtype=True), note, info)
     return fig
 
 
@@ -473,7 +672,7 @@ def fig_workspace(records, info=None):
     ax.set_ylabel("forward workspace (MiB, log scale)")
     ax.legend(fontsize=8)
     _title(fig, "Lowering workspace per algorithm and layer (kernels.workspace_bytes, MiB)",
-           _context(info, used, dtype=True))
+           _context(info, used, dtype=True), info=info)
     return fig
 
 
@@ -483,11 +682,13 @@ def fig_loader(records, info=None):
         e = r["extra"]
         if r["group"] != "loader" or not _number(e.get("num_workers")):
             continue
-        bps = e.get("batches_per_second")
-        if not _number(bps) and _number(e.get("batches")):
-            bps = e["batches"] / r["mean"]
+        if _number(e.get("batches")):                 # batches / median round, with spread
+            n = e["batches"]
+            bps, lo, hi = n / r["time"], n / r["hi"], n / r["lo"]
+        else:
+            bps = lo = hi = e.get("batches_per_second")
         if _number(bps):
-            pts[str(e.get("engine", "minigrad"))].append((e["num_workers"], bps))
+            pts[str(e.get("engine", "minigrad"))].append((e["num_workers"], bps, lo, hi))
             used.append(r)
     if not pts:
         return ("no records of group 'loader' with extra_info num_workers and "
@@ -495,25 +696,29 @@ def fig_loader(records, info=None):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     # evenly spaced worker counts (0 = in the calling thread cannot go on a log axis)
-    ticks = sorted({w for p in pts.values() for w, _ in p})
+    ticks = sorted({q[0] for p in pts.values() for q in p})
     at = {w: i for i, w in enumerate(ticks)}
     for eng, p in sorted(pts.items()):
         p.sort()
-        ax.plot([at[a] for a, _ in p], [b for _, b in p], marker="o",
-                label="PyTorch DataLoader" if eng == "pytorch" else f"{eng} DataLoader",
-                color=PYTORCH_COLOR if eng == "pytorch" else "tab:blue")
-        for a, b in p:
-            ax.annotate(f"{b:,.0f}", (at[a], b), ha="center", va="bottom", fontsize=7,
+        xs, ys = [at[q[0]] for q in p], [q[1] for q in p]
+        err = [[q[1] - q[2] for q in p], [q[3] - q[1] for q in p]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3,
+                    label="PyTorch DataLoader" if eng == "pytorch" else f"{eng} DataLoader",
+                    color=PYTORCH_COLOR if eng == "pytorch" else "tab:blue")
+        for x, q in zip(xs, p, strict=True):
+            ax.annotate(f"{q[1]:,.0f}", (x, q[3]), ha="center", va="bottom", fontsize=7,
                         xytext=(0, 4), textcoords="offset points")
     ax.set_xticks(range(len(ticks)), [f"{int(t)}" + (" (main thread)" if t == 0 else "")
                                       for t in ticks])
-    ax.set_ylim(0, max(b for p in pts.values() for _, b in p) * 1.15)
+    ax.set_ylim(0, max(q[3] for p in pts.values() for q in p) * 1.15)
     ax.set_xlabel("num_workers (loader threads)")
-    ax.set_ylabel("throughput (batches/s)")
+    stat, whisk = _stat_words(used)
+    ax.set_ylabel(f"throughput (batches / {stat} round time, per s)")
     ax.grid(alpha=0.3)
     ax.legend()
     _title(fig, "Data-loader throughput against the number of worker threads",
-           _context(info, used))
+           _context(info, used), f"whiskers: throughput over {whisk} of the round times"
+           if whisk else "", info)
     return fig
 
 
@@ -556,21 +761,23 @@ def fig_training(records, info=None):
         has_acc = [_number(r["extra"].get("test_accuracy")) for r in rs]
         ax = fig.add_subplot(grid[0, col] if any(has_acc) else grid[:, col])
         per = "step" if "step" in f"{t} {rs[0]['group']}" else "run"
-        scale, unit = (1e3, "ms") if max(r["mean"] for r in rs) < 1 else (1.0, "s")
-        times = [r["mean"] * scale for r in rs]
-        bars = ax.bar(names, times, yerr=[r["stddev"] * scale for r in rs], color=colors,
-                      capsize=3, error_kw=dict(lw=1))
-        pt = next((v for v, n in zip(times, names) if n == "PyTorch"), None)
+        scale, unit = (1e3, "ms") if max(r["time"] for r in rs) < 1 else (1.0, "s")
+        times = [r["time"] * scale for r in rs]
+        his = [r["hi"] * scale for r in rs]
+        err = [[(r["time"] - r["lo"]) * scale for r in rs],
+               [(r["hi"] - r["time"]) * scale for r in rs]]
+        bars = ax.bar(names, times, yerr=err, color=colors, capsize=3, error_kw=dict(lw=1))
+        pt = next((v for v, n in zip(times, names, strict=True) if n == "PyTorch"), None)
         if pt is not None:
             bars[names.index("PyTorch")].set(edgecolor="black", lw=1.5, hatch="//")
             ax.axhline(pt, color=PYTORCH_COLOR, ls="--", lw=1, zorder=0)
-        for i, (r, v) in enumerate(zip(rs, times)):
+        for i, (v, top) in enumerate(zip(times, his, strict=True)):
             label = f"{v:.3g} {unit}"
             if pt is not None and names[i] != "PyTorch":
                 label += f"\n{v / pt:.2g}x PyTorch"
-            ax.annotate(label, (i, v + r["stddev"] * scale), ha="center", va="bottom",
+            ax.annotate(label, (i, top), ha="center", va="bottom",
                         fontsize=7.5, xytext=(0, 2), textcoords="offset points")
-        ax.set_ylim(0, max(v + r["stddev"] * scale for r, v in zip(rs, times)) * 1.3)
+        ax.set_ylim(0, max(his) * 1.3)
         e0 = rs[0]["extra"]
         detail = ", ".join(s for s in (
             f"{e0['epochs']} epoch{'s' * (e0['epochs'] != 1)}" if _number(e0.get("epochs"))
@@ -580,14 +787,14 @@ def fig_training(records, info=None):
         head = t + (f" [{group}]" if group and group != t else "")
         ax.set_title(f"{head}\ntime per {per}" + (f" ({detail})" if detail else ""),
                      fontsize=10)
-        ax.set_ylabel(f"time per {per} ({unit}, mean ± sd)")
+        ax.set_ylabel(_time_label(rs, unit, f"time per {per}"))
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         ax.tick_params(axis="x", labelsize=8)
         if not any(has_acc):
             continue
         ax = fig.add_subplot(grid[1, col])
-        for i, (r, ok) in enumerate(zip(rs, has_acc)):
+        for i, (r, ok) in enumerate(zip(rs, has_acc, strict=True)):
             if not ok:
                 ax.annotate("not\nrecorded", (i, 0), ha="center", va="bottom", fontsize=7)
                 continue
@@ -604,7 +811,7 @@ def fig_training(records, info=None):
         ax.set_axisbelow(True)
         ax.tick_params(axis="x", labelsize=8)
     _title(fig, "Training: minigrad (per conv algorithm) vs PyTorch (hatched, dashed line); "
-                "lower time is better", _context(info, runs))
+                "lower time is better", _context(info, runs), info=info)
     return fig
 
 
@@ -654,7 +861,7 @@ def fig_dgc(records, info=None):
         if a.get_legend_handles_labels()[0]:
             a.legend(title="strategy")
     _title(fig, "Deep Gradient Compression: test accuracy and bytes sent against sparsity, "
-                "per strategy", _context(info, used))
+                "per strategy", _context(info, used), info=info)
     return fig
 
 
@@ -692,7 +899,7 @@ def fig_distributed(records, info=None):
         xs = [i for i, v in enumerate(vals) if _number(v)]
         vs = [vals[i] * scale for i in xs]
         ax.bar(xs, vs, color=[colors[i] for i in xs], edgecolor="0.3", lw=0.6)
-        for i, v in zip(xs, vs):
+        for i, v in zip(xs, vs, strict=True):
             label = f"{v:.3g} {unit}"
             cr = rs[i]["extra"].get("compression_ratio")
             if unit == "MB" and _number(cr) and cr > 1:
@@ -714,13 +921,370 @@ def fig_distributed(records, info=None):
     groups = sorted({r["group"] for r in rs if r["group"]})
     _title(fig, "Distributed training per strategy: time and bytes sent per step"
                 + (f" [{', '.join(groups)}]" if groups else ""), _context(info, rs),
-           "grey: one worker (the baseline)" if "0.7" in colors else "")
+           "grey: one worker (the baseline); time per step from the last round's training "
+           "seconds" if "0.7" in colors else "time per step from the last round's training "
+           "seconds", info)
     return fig
 
 
 DRAW = {"speedup": fig_speedup, "gflops": fig_gflops, "workspace": fig_workspace,
         "loader": fig_loader, "training": fig_training, "dgc": fig_dgc,
         "distributed": fig_distributed}
+
+
+# --------------------------------------------------------------------------- comparing runs
+
+
+def _slug(s):
+    """A file-name-safe form of a group name: "mnist-conv2 forward+backward" ->
+    "mnist-conv2-forward+backward"."""
+    s = re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-")
+    return s or "ungrouped"
+
+
+def run_label(path, info):
+    """A short name for one results file: pytest-benchmark's autosave names
+    (0001_<commit>_<date>_<time>[_uncommitted-changes].json) become "0001 (commit abc1234)",
+    anything else its stem; "+dirty" marks a dirty tree."""
+    stem = Path(path).stem
+    m = re.match(r"^(\d{4})_", stem)
+    name = m.group(1) if m else stem
+    if info.get("commit") and (m or len(stem) > 24):
+        name += f" ({info['commit']}{'+dirty' if info.get('dirty') else ''})"
+    return name
+
+
+def _bench_label(r):
+    """A benchmark's name inside its group: the test's parameters, less the words the group
+    name already says ("test_conv[mnist-conv2-im2col-numba-forward]" in group "mnist-conv2
+    forward" -> "im2col-numba"); the test's name when nothing is left."""
+    m = re.match(r"^(?:test_)?([^\[]*)(?:\[(.*)\])?$", r["name"])
+    func, params = (m.group(1), m.group(2) or "") if m else (r["name"], "")
+    for word in sorted(r["group"].split(), key=len, reverse=True):
+        params = params.replace(word, "")
+    params = re.sub(r"-{2,}", "-", params).strip("-")
+    return params or func
+
+
+def _same_machine(infos):
+    return len({i.get("cpu") or "" for i in infos}) <= 1
+
+
+def fig_compare(runs, group):
+    """One benchmark group across results files: each file's time per benchmark side by
+    side (horizontal bars, whiskers: the spread), later files' times as ratios to the
+    first file's. runs: [(label, records, info)] in file order."""
+    rows = {}                                          # fullname -> its records per run
+    for k, (_, recs, _) in enumerate(runs):
+        for r in recs:
+            if (r["group"] or "(no group)") == group:
+                rows.setdefault(r["fullname"], [None] * len(runs))[k] = r
+    if not rows:
+        return f"no benchmarks of group {group!r}"
+    # fastest first, by the first file that has the benchmark
+    order = sorted(rows, key=lambda f: next(r["time"] for r in rows[f] if r))
+    every = [r for f in order for r in rows[f] if r]
+    big = max(r["hi"] for r in every)
+    scale, unit = next((s, u) for s, u in ((1.0, "s"), (1e3, "ms"), (1e6, "µs"))
+                       if big * s >= 1 or u == "µs")
+    plt = _plt()
+    n, k = len(order), len(runs)
+    height = 1.9 + n * (0.22 * k + 0.18)
+    fig, ax = plt.subplots(figsize=(10.5, height), layout="constrained")
+    bar = 0.8 / k
+    colors = [plt.get_cmap("tab10")(i) for i in range(k)]
+    log = max(r["hi"] for r in every) / min(r["lo"] for r in every) > 30
+    for j, (label, _, _) in enumerate(runs):
+        ys, ts, lo, hi = [], [], [], []
+        for i, f in enumerate(order):
+            r = rows[f][j]
+            if r is None:
+                ax.annotate("not in this file", (0, i + (j - (k - 1) / 2) * bar),
+                            xycoords=("axes fraction", "data"), xytext=(4, 0),
+                            textcoords="offset points", va="center", fontsize=8,
+                            color=colors[j])
+                continue
+            ys.append(i + (j - (k - 1) / 2) * bar)
+            ts.append(r["time"] * scale)
+            lo.append((r["time"] - r["lo"]) * scale)
+            hi.append((r["hi"] - r["time"]) * scale)
+        ax.barh(ys, ts, bar * 0.9, xerr=[lo, hi], color=colors[j], label=label,
+                error_kw=dict(lw=0.8, capsize=2, ecolor="0.15"))
+        for y, t, h, f in zip(ys, ts, hi, [f for f in order if rows[f][j]], strict=True):
+            text = f"{t:.3g} {unit}"
+            first = rows[f][0]
+            if j > 0 and first is not None:
+                text += f"  ({t / (first['time'] * scale):.2f}x)"
+            ax.annotate(text, (t + h, y), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=8)
+    names = [_bench_label(next(r for r in rows[f] if r)) for f in order]
+    ax.set_yticks(range(n), names, fontsize=9)
+    ax.invert_yaxis()
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlim(right=ax.get_xlim()[1] * (3 if log else 1.25))   # room for the labels
+    ax.set_xlabel(_time_label(every, unit, "time per call") + (" (log scale)" if log else ""))
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    handles, labels = ax.get_legend_handles_labels()
+    _bottom_legend(fig, handles, labels, ncols=min(k, 3), fontsize=9, title="results file")
+    infos = [i for _, _, i in runs]
+    machines = [i["machine"] for i in infos if i.get("machine")]
+    context = (f"CPU: {machines[0]}" if machines and _same_machine(infos)
+               else "different machines: " + " vs ".join(machines) if machines else "")
+    note = f"({runs[0][0]} = 1: later files' times as ratios to it; lower is faster)" \
+        if k > 1 else ""
+    fig.suptitle("\n".join(x for x in (f"Benchmark group {group!r}: "
+                                       + " vs ".join(lab for lab, _, _ in runs), note,
+                                       context) if x), fontsize=11)
+    _footer(fig, None, " | ".join(f"{lab}: " + footer_text(i).replace(
+        " · drawn by minigrad plot", "") for lab, _, i in runs) + " · drawn by minigrad plot")
+    if any(i.get("dirty") for i in infos):
+        fig.texts[-1].set_color("crimson")
+    return fig
+
+
+def compare(paths, out_dir, formats=("png", "svg"), labels=None):
+    """Draw one comparison figure per benchmark group of the results files `paths` (two or
+    more) into out_dir. Returns (written, infos): the files and each file's info."""
+    runs = []
+    for i, path in enumerate(paths):
+        recs, info = read(path)
+        runs.append((labels[i] if labels else run_label(path, info), recs, info))
+    if labels is None and len({lab for lab, _, _ in runs}) < len(runs):   # same stems
+        runs = [(f"{lab} [{Path(path).parent.name or Path(path).name}]", recs, info)
+                for (lab, recs, info), path in zip(runs, paths, strict=True)]
+    groups = list(dict.fromkeys((r["group"] or "(no group)") for _, recs, _ in runs
+                                for r in recs))
+    out_dir = _out_dir(out_dir)
+    plt = _plt()
+    written = []
+    for g in groups:
+        fig = fig_compare(runs, g)
+        for fmt in formats:
+            f = out_dir / f"compare-{_slug(g)}.{fmt}"
+            fig.savefig(f, dpi=150 if fmt == "png" else None)
+            written.append(f)
+        plt.close(fig)
+    return written, [i for _, _, i in runs]
+
+
+# --------------------------------------------------------------------------- training logs
+
+
+def is_training_log(path):
+    """True for a `minigrad train --log` file: a .jsonl name, or a first line that is a JSON
+    object with an "event" key."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return True
+    try:
+        with path.open() as f:
+            first = f.readline()
+        doc = json.loads(first)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and "event" in doc
+
+
+def read_log(path):
+    """One training run from a JSON-lines log: {"label", "config", "epochs" (the "epoch"
+    events, in order), "steps" (the "step" events), "diverged" (the event or None),
+    "ended" (an "end" event was seen), "truncated" (the last line was cut off), "source"}.
+
+    Unknown events and keys are ignored. A last line that is not JSON is a killed run's
+    half-written line: dropped, and "truncated" set. A bad line elsewhere is an error.
+    """
+    path = Path(path)
+    text = _read_text(path, "training log (.jsonl)", "`minigrad train ... --log FILE.jsonl` "
+                      "writes one")
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    run = {"label": None, "config": {}, "epochs": [], "steps": [], "diverged": None,
+           "ended": False, "truncated": False, "source": path.name}
+    events = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                run["truncated"] = True
+                break
+            raise ValueError(f"{path}: line {n} is not JSON ({e.msg}); give a log written "
+                             "by `minigrad train ... --log FILE.jsonl`") from None
+        if not isinstance(ev, dict) or "event" not in ev:
+            continue
+        events += 1
+        kind = ev["event"]
+        if kind == "start":
+            run["config"] = ev.get("config") if isinstance(ev.get("config"), dict) else {}
+            run["label"] = ev.get("run") or None
+        elif kind == "epoch" and _number(ev.get("epoch")):
+            run["epochs"].append(ev)
+        elif kind == "step" and _number(ev.get("step")):
+            run["steps"].append(ev)
+        elif kind == "diverged":
+            run["diverged"] = ev
+        elif kind == "end":
+            run["ended"] = True
+    if not events:
+        raise ValueError(f"{path}: no JSON objects with an \"event\" key; give a log written "
+                         "by `minigrad train ... --log FILE.jsonl`")
+    run["label"] = str(run["label"] or path.stem)
+    return run
+
+
+CONFIG_ORDER = ("task", "model", "conv", "strategy", "workers", "optimizer", "lr",
+                "lr_schedule", "momentum", "batch_size", "epochs", "seed")
+
+
+def _config_words(cfg, keys):
+    return ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg)
+
+
+def _label_runs(runs):
+    """Legend labels: each run's label, made distinct by the config keys that differ between
+    runs where two share one; "(diverged)" / "(incomplete)" where a run did not finish."""
+    labels = [r["label"] for r in runs]
+    if len(set(labels)) < len(labels):
+        keys = [k for k in CONFIG_ORDER + tuple(sorted({k for r in runs for k in r["config"]}
+                                                       - set(CONFIG_ORDER)))
+                if len({json.dumps(r["config"].get(k), sort_keys=True) for r in runs}) > 1]
+        labels = [f"{lab} ({_config_words(r['config'], keys)})" if keys else
+                  f"{lab} [{r['source']}]" for lab, r in zip(labels, runs, strict=True)]
+    out = []
+    for lab, r in zip(labels, runs, strict=True):
+        if r["diverged"] is not None:
+            lab += " (diverged)"
+        elif not r["ended"]:
+            lab += " (incomplete: no end event)"
+        out.append(lab)
+    return out
+
+
+ACCURACY_STYLES = (("test_accuracy", "test", "-"), ("val_accuracy", "validation", ":"),
+                   ("train_accuracy", "train", "--"))
+
+
+def fig_curves(runs, per="epoch"):
+    """Loss and accuracy of training runs (from read_log) against epoch, or against the
+    global step with per="step"; one colour per run, one line style per accuracy."""
+    if per not in ("epoch", "step"):
+        raise ValueError(f"per must be 'epoch' or 'step', got {per!r}")
+    if not any(r["epochs"] or (per == "step" and r["steps"]) for r in runs):
+        return ("no epoch events in the logs (a run killed in its first epoch?)"
+                + ("; try --per step" if any(r["steps"] for r in runs) else ""))
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 5.2), layout="constrained")
+    labels = _label_runs(runs)
+    styles_used = set()
+    for k, (r, lab) in enumerate(zip(runs, labels, strict=True)):
+        color = plt.get_cmap("tab10")(k % 10)
+        ep = r["epochs"]
+        x_of = (lambda e: e["epoch"]) if per == "epoch" else (lambda e: e["step"])
+        if per == "step" and r["steps"]:
+            pts = [(e["step"], e["loss"]) for e in r["steps"] if _number(e.get("loss"))]
+        else:
+            pts = [(x_of(e), e["loss"]) for e in ep if _number(e.get("loss"))
+                   and _number(x_of(e))]
+        if pts:
+            a1.plot(*zip(*pts, strict=True), color=color, label=lab,
+                    marker="o" if per == "epoch" and len(pts) < 40 else None, ms=4)
+        if r["diverged"] is not None and pts:
+            a1.plot(*pts[-1], marker="X", ms=11, color=color, mec="black")
+        for key, _, ls in ACCURACY_STYLES:
+            acc = [(x_of(e), 100 * e[key]) for e in ep if _number(e.get(key))
+                   and _number(x_of(e))]
+            if acc:
+                a2.plot(*zip(*acc, strict=True), color=color, ls=ls,
+                        marker="o" if len(acc) < 40 else None, ms=4)
+                styles_used.add(key)
+    xlabel = "epoch" if per == "epoch" else "step (global)"
+    a1.set_xlabel(xlabel)
+    a1.set_ylabel("mean training loss of the epoch" if per == "epoch" else
+                  "training loss (running mean within the epoch)")
+    a1.set_title("Training loss", fontsize=11)
+    losses = [e["loss"] for r in runs for e in r["epochs"] + r["steps"]
+              if _number(e.get("loss")) and e["loss"] > 0]
+    if losses and max(losses) / min(losses) > 20:
+        a1.set_yscale("log")
+    a2.set_xlabel(xlabel)
+    a2.set_ylabel("accuracy (%)")
+    a2.set_title("Accuracy", fontsize=11)
+    if per == "epoch":
+        for a in (a1, a2):
+            from matplotlib.ticker import MaxNLocator
+
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=plt.get_cmap("tab10")(k % 10), lw=2)
+               for k in range(len(runs))]
+    style = [Line2D([], [], color="0.2", ls=ls) for key, _, ls in ACCURACY_STYLES
+             if key in styles_used]
+    style_names = [f"{name} accuracy" for key, name, _ in ACCURACY_STYLES if key in styles_used]
+    if any(r["diverged"] is not None for r in runs):
+        style.append(Line2D([], [], color="0.2", marker="X", ls="none", mec="black"))
+        style_names.append("diverged here")
+    if style:
+        a2.legend(style, style_names, fontsize=9, loc="lower right", title="line style")
+    elif a2.has_data() is False:
+        a2.text(0.5, 0.5, "no accuracy recorded", ha="center", va="center",
+                transform=a2.transAxes, color="0.4")
+    _bottom_legend(fig, handles, labels, ncols=min(len(runs), 3), fontsize=9, title="run")
+    common = [k for k in CONFIG_ORDER if all(k in r["config"] for r in runs)
+              and len({json.dumps(r["config"][k], sort_keys=True) for r in runs}) == 1]
+    context = _config_words(runs[0]["config"], common)
+    fig.suptitle("\n".join(x for x in (f"Training curves, per {per}: loss and accuracy"
+                                       f" ({len(runs)} run{'s' * (len(runs) != 1)})",
+                                       context) if x), fontsize=11)
+    truncated = [r["source"] for r in runs if r["truncated"]]
+    _footer(fig, None, "source: " + ", ".join(r["source"] for r in runs)
+            + (f" · last line cut off (killed run?): {', '.join(truncated)}" if truncated
+               else "") + " · drawn by minigrad plot")
+    return fig
+
+
+def curves(paths, out_dir, formats=("png", "svg"), per="epoch", labels=None):
+    """Draw the training curves of the logs `paths` to out_dir/curves.<fmt>. Returns
+    (written, runs); raises ValueError when nothing can be drawn."""
+    runs = [read_log(p) for p in paths]
+    if labels:
+        for r, lab in zip(runs, labels, strict=True):
+            r["label"] = lab
+    fig = fig_curves(runs, per)
+    if isinstance(fig, str):
+        raise ValueError(f"{', '.join(map(str, paths))}: {fig}")
+    out_dir = _out_dir(out_dir)
+    written = []
+    for fmt in formats:
+        f = out_dir / f"curves.{fmt}"
+        fig.savefig(f, dpi=150 if fmt == "png" else None)
+        written.append(f)
+    _plt().close(fig)
+    return written, runs
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+def _out_dir(out_dir):
+    """Create out_dir (and its parents); ValueError, with what to do, if that fails."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a directory; give a directory "
+                         "(it is created if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output directory {out_dir} "
+                         f"({e.strerror or e}); give a writable --out DIR") from None
+    return out_dir
 
 
 def plot(path, out_dir, formats=("png", "svg")):
@@ -730,8 +1294,7 @@ def plot(path, out_dir, formats=("png", "svg")):
     and {figure: [stale files of that skipped figure, from an earlier run, deleted]}.
     """
     records, info = read(path)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_dir(out_dir)
     plt = _plt()
     written, skipped, removed = [], {}, {}
     for name in FIGURES:
@@ -755,36 +1318,89 @@ def plot(path, out_dir, formats=("png", "svg")):
 
 # --------------------------------------------------------------------------- command line
 
+FORMATS = ("png", "svg", "pdf")
+
+
+def _dirty_warning(path, info):
+    if info.get("dirty"):
+        at = f" at commit {info['commit']}" if info.get("commit") else ""
+        print(f"minigrad plot: warning: {path} was measured on a dirty tree (uncommitted "
+              f"changes{at}); its figures cannot be reproduced from any commit: commit, "
+              "then rerun the benchmarks", file=sys.stderr)
+
+
+def _run(args):
+    formats = tuple(f.strip().lower() for f in args.format.split(",") if f.strip())
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"--format {args.format!r}: unknown format {', '.join(bad) or '(none)'}"
+                         f"; choose from {', '.join(FORMATS)}, comma-separated")
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    for f in args.results:
+        if not Path(f).is_file():
+            _read_text(f, "results (.json) or training log (.jsonl)",
+                       "`pytest bench --benchmark-json=FILE` or `minigrad train --log "
+                       "FILE.jsonl` writes one")
+    logs = [f for f in args.results if is_training_log(f)]
+    bench = [f for f in args.results if f not in logs]
+    if labels and len(labels) != len(args.results):
+        raise ValueError(f"--labels gives {len(labels)} names for {len(args.results)} files; "
+                         "give one per file, comma-separated")
+    label_of = dict(zip(args.results, labels, strict=True)) if labels else {}
+    written = []
+    if len(bench) == 1:
+        files, skipped, removed = plot(bench[0], args.out, formats)
+        _dirty_warning(bench[0], read(bench[0])[1])
+        written += files
+        for name, why in skipped.items():
+            gone = removed.get(name)
+            note = (f"; deleted the stale {', '.join(f.name for f in gone)} of an earlier run"
+                    if gone else "")
+            print(f"skipped {name}: {why}{note}")
+    elif bench:
+        files, infos = compare(bench, args.out, formats,
+                               [label_of[f] for f in bench] if labels else None)
+        for f, info in zip(bench, infos, strict=True):
+            _dirty_warning(f, info)
+        written += files
+        print("(each file's own figures: minigrad plot FILE --out DIR, one file at a time)")
+    if logs:
+        files, _ = curves(logs, args.out, formats, args.per,
+                          [label_of[f] for f in logs] if labels else None)
+        written += files
+    for f in written:
+        print(f"wrote {f}")
+    return 0
+
 
 def run(args):
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     try:
-        written, skipped, removed = plot(args.results, args.out, formats)
+        return _run(args)
     except ValueError as e:
         print(f"minigrad plot: {e}", file=sys.stderr)
         return 2
-    for f in written:
-        print(f"wrote {f}")
-    for name, why in skipped.items():
-        gone = removed.get(name)
-        note = (f"; deleted the stale {', '.join(f.name for f in gone)} of an earlier run"
-                if gone else "")
-        print(f"skipped {name}: {why}{note}")
-    return 0
 
 
 def add_parser(subparsers):
     """Register `minigrad plot` on an argparse subparsers object."""
     p = subparsers.add_parser(
-        "plot", help="draw the benchmark figures from pytest-benchmark JSON",
-        description="Draw speedup, GFLOP/s, workspace, loader, training, DGC and "
-                    "distributed figures from "
-                    "`pytest bench --benchmark-json=FILE` output (see minigrad/tools/plot.py for "
-                    "the extra_info keys).")
-    p.add_argument("results", help="pytest-benchmark JSON file")
+        "plot", help="draw benchmark figures, comparisons of runs, and training curves",
+        description="One pytest-benchmark JSON: speedup, GFLOP/s, workspace, loader, "
+                    "training, DGC and distributed figures. Two or more: each benchmark "
+                    "group's times side by side, file against file. Training logs "
+                    "(`minigrad train --log FILE.jsonl`): loss and accuracy curves. See "
+                    "minigrad/tools/plot.py for the extra_info keys.")
+    p.add_argument("results", nargs="+", metavar="FILE",
+                   help="pytest-benchmark JSON files and/or training logs (.jsonl)")
     p.add_argument("--out", default="figures", metavar="DIR",
-                   help="directory for the figures (default: figures)")
-    p.add_argument("--format", default="png,svg", help="comma-separated (default png,svg)")
+                   help="directory for the figures, created if missing (default: figures)")
+    p.add_argument("--format", default="png,svg",
+                   help=f"comma-separated, from {', '.join(FORMATS)} (default png,svg)")
+    p.add_argument("--labels", default=None, metavar="A,B,...",
+                   help="legend names, one per FILE (default: from the file names and "
+                        "their commits)")
+    p.add_argument("--per", choices=("epoch", "step"), default="epoch",
+                   help="training curves against epoch (default) or global step")
     p.set_defaults(func=run)
     return p
 

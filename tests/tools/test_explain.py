@@ -153,7 +153,7 @@ def _cli(argv):
 @pytest.fixture
 def no_png(monkeypatch):
     """The text tests need no picture (drawing is tested below, on smaller inputs)."""
-    monkeypatch.setattr(explain, "draw", lambda d, path: path)
+    monkeypatch.setattr(explain, "draw", lambda d, *paths: list(paths))
 
 
 def test_text_labels_cells_by_source_pixel(capsys, tmp_path, no_png):
@@ -170,7 +170,7 @@ def test_text_labels_cells_by_source_pixel(capsys, tmp_path, no_png):
     assert cells[0] == "c0(0,0)"                                       # rows: (c, kh, kw)
     cells = cells[1:]
     assert cells[0] == "0" and cells[5] == "c0(0,0)" and cells[15] == "c0(2,2)"
-    assert out.rstrip().endswith("wrote " + str(tmp_path / "a.png"))
+    assert out.rstrip().endswith(f"wrote {tmp_path / 'a.png'}\nwrote {tmp_path / 'a.svg'}")
 
 
 def test_text_kn2row_shows_kernel_matrix_and_shift(capsys, tmp_path, no_png):
@@ -189,6 +189,68 @@ def test_png_written(algo, tmp_path, capsys):
                  "--filters", "2"]) == 0
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert b"<svg" in out.with_suffix(".svg").read_bytes()[:1000]   # SVG by default too
+    assert capsys.readouterr().out.split() == ["wrote", str(out), "wrote",
+                                               str(out.with_suffix(".svg"))]
+
+
+def _texts(fig):
+    """Every text on the figure: titles, notes, cell numbers and the legend's."""
+    texts = [t for ax in fig.axes for t in ax.texts] + list(fig.texts)
+    for leg in fig.legends:
+        texts += leg.get_texts()
+    return [t for t in texts if t.get_text().strip()]
+
+
+@pytest.mark.parametrize("algo", kernels.ALGORITHMS)
+def test_default_picture_fits_a_slide(algo):
+    """At most 1600 px wide at the default DPI, every font at least 14 pt, and a legend
+    that says what the colours and numbers mean."""
+    import matplotlib.pyplot as plt
+
+    fig = explain.picture(explain.lowering(algo))
+    try:
+        assert fig.get_figwidth() * explain.DPI <= 1600
+        sizes = [t.get_fontsize() for t in _texts(fig)]
+        assert min(sizes) >= 14
+        legend = " | ".join(t.get_text() for t in fig.legends[0].get_texts())
+        assert "padding zero" in legend and "input pixel" in legend
+        assert "numbers are IDs" in legend
+        assert ("partial map" in legend) == (algo in ("kn2row", "kn2row-aa", "kn2col"))
+        assert ("window of output" in legend) == (algo == "direct")
+    finally:
+        plt.close(fig)
+
+
+def test_a_big_input_is_scaled_to_the_width():
+    import matplotlib.pyplot as plt
+
+    fig = explain.picture(explain.lowering("im2col", (1, 3, 8, 8), (4, 3, 3, 3)))
+    try:
+        assert fig.get_figwidth() * explain.DPI <= 1600
+    finally:
+        plt.close(fig)
+
+
+def test_out_in_a_missing_directory_is_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / "no" / "such" / "x.png"
+    assert _cli(["explain", "im2col", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"minigrad explain: --out {out}: the directory {out.parent} does not "
+                   "exist; create it first (mkdir -p) or choose another path\n")
+    assert not out.parent.exists()
+    assert _cli(["explain", "im2col", "--out", str(tmp_path / "x.jpg")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"minigrad explain: --out {tmp_path / 'x.jpg'}: unknown suffix '.jpg'; ")
+    assert _cli(["explain", "im2col", "--format", "gif"]) == 2
+    assert capsys.readouterr().err == ("minigrad explain: --format: unknown format gif; "
+                                       "choose from png, svg, pdf, comma-separated\n")
+
+
+def test_format_and_out_without_suffix(tmp_path, capsys):
+    assert _cli(["explain", "kn2col", "--out", str(tmp_path / "k"), "--format", "svg",
+                 "--input", "1,1,3,3", "--filters", "1"]) == 0
+    assert [f.name for f in tmp_path.iterdir()] == ["k.svg"]
 
 
 def test_bad_arguments_are_refused(capsys):

@@ -1,4 +1,5 @@
-"""`minigrad plot`: every figure from the small pytest-benchmark fixture; bad files refused."""
+"""`minigrad plot`: every figure from the small pytest-benchmark fixture, comparisons of
+results files, training curves from logs written here; bad files refused."""
 import argparse
 import json
 from pathlib import Path
@@ -48,23 +49,37 @@ def test_every_figure_is_drawn(drawn, name):
 
 
 @pytest.mark.parametrize("name", plot.FIGURES)
-def test_every_title_says_what_it_ran_on(loaded, name):
+def test_every_figure_says_what_it_ran_on_and_from_which_commit(loaded, name):
     recs, info = loaded
     fig = plot.DRAW[name](recs, info)
     title = fig.get_suptitle()
-    assert "CPU: fixture CPU, 2 logical CPUs" in title and "commit 0000000+dirty" in title
+    assert "CPU: fixture CPU, 2 logical CPUs" in title
     if name in ("speedup", "gflops", "workspace"):
         assert "float32" in title
+    footer = plot.footer_of(fig)                       # the fixture ran on a dirty tree
+    assert "source: bench_results_small.json" in footer and "commit 0000000" in footer
+    assert "DIRTY TREE" in footer and "BLAS: OpenBLAS Haswell" in footer
 
 
-def _mean(recs, layer, p, algo, backend=None):
-    return next(r["mean"] for r in recs if r["extra"].get("layer") == layer
+def _time(recs, layer, p, algo, backend=None):
+    return next(r["time"] for r in recs if r["extra"].get("layer") == layer
                 and r["extra"].get("pass") == p and r["extra"].get("algo") == algo
                 and backend in (None, r["extra"].get("backend")))
 
 
 def _bars(ax):
-    return {c.get_label(): [b.get_height() for b in c] for c in ax.containers}
+    from matplotlib.container import BarContainer
+
+    return {c.get_label(): [b.get_height() for b in c] for c in ax.containers
+            if isinstance(c, BarContainer)}
+
+
+def _whiskers(ax):
+    """{series: [(low, high)]} of the error bars drawn on a bar chart."""
+    from matplotlib.container import BarContainer
+
+    return {c.get_label(): [tuple(seg[:, 1]) for seg in c.errorbar.lines[2][0].get_segments()]
+            for c in ax.containers if isinstance(c, BarContainer) and c.errorbar}
 
 
 def test_speedup_is_pytorch_time_over_numba_time_without_numpy(loaded):
@@ -74,8 +89,8 @@ def test_speedup_is_pytorch_time_over_numba_time_without_numpy(loaded):
     ax = fig.axes[0]                                   # numba, forward
     assert "numba" in ax.get_title() and "forward" in ax.get_title()
     assert {"im2col", "im2row", "kn2row", "kn2row-aa", "kn2col"} == set(_bars(ax))
-    want = _mean(recs, "conv1", "forward", "pytorch") / \
-        _mean(recs, "conv1", "forward", "im2col", "numba")
+    want = _time(recs, "conv1", "forward", "pytorch") / \
+        _time(recs, "conv1", "forward", "im2col", "numba")
     assert _bars(ax)["im2col"][0] == pytest.approx(want)
     assert len(fig.axes) == 2                          # no NumPy panel either
     assert "NumPy backend not shown" in fig.get_suptitle()
@@ -100,9 +115,12 @@ def test_gflops_shows_numba_and_pytorch_against_the_ceiling(loaded):
     r = next(r for r in recs if r["extra"].get("layer") == "conv1" and r["extra"]["pass"]
              == "forward" and r["extra"].get("algo") == "im2col"
              and r["extra"]["backend"] == "numba")
-    assert bars["im2col"][0] == pytest.approx(r["extra"]["flops"] / r["mean"] / 1e9)
-    assert any(line.get_ydata()[0] == 96.0 for line in ax.get_lines())
-    assert "GFLOP/s" in ax.get_ylabel()
+    assert bars["im2col"][0] == pytest.approx(r["extra"]["flops"] / r["time"] / 1e9)
+    sgemm = next(line for line in ax.get_lines() if line.get_ydata()[0] == 96.0)
+    assert sgemm.get_label() == ("NumPy sgemm (OpenBLAS Haswell kernels), measured in the "
+                                 "same run: 96 GFLOP/s")
+    assert "ceiling" not in fig.get_suptitle() + sgemm.get_label()
+    assert "GFLOP/s" in ax.get_ylabel() and "median time" in ax.get_ylabel()
 
 
 def test_training_shows_every_task_and_accuracy_only_where_recorded(loaded):
@@ -114,7 +132,7 @@ def test_training_shows_every_task_and_accuracy_only_where_recorded(loaded):
     step = next(ax for ax in fig.axes if ax.get_title().startswith("mnist-step"))
     assert "time per step" in step.get_title()
     heights = [p.get_height() for p in step.patches]
-    want = [r["mean"] * 1e3 for r in recs if r["group"] == "mnist-train-step-b64"]
+    want = [r["time"] * 1e3 for r in recs if r["group"] == "mnist-train-step-b64"]
     assert heights == pytest.approx(want)                      # PyTorch first, in ms
     assert [t.get_text() for t in step.get_xticklabels()][0] == "PyTorch"
     assert step.patches[0].get_hatch() == "//"                 # PyTorch highlighted
@@ -204,7 +222,10 @@ def test_cli_prints_the_error_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"minigrad plot: {f}: not valid JSON")
     assert _cli(["plot", str(tmp_path / "missing.json")]) == 2
-    assert "cannot read the file" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"minigrad plot: {tmp_path / 'missing.json'}: no such "
+                                       "file; check the path (`pytest bench --benchmark-json="
+                                       "FILE` or `minigrad train --log FILE.jsonl` writes "
+                                       "one)\n")
 
 
 def test_bench_conv_spellings_are_understood(tmp_path):
@@ -224,3 +245,189 @@ def test_bench_conv_spellings_are_understood(tmp_path):
     assert {r["extra"]["pass"] for r in recs if "layer" in r["extra"]} == set(plot.PASSES)
     written, skipped, _ = plot.plot(f, tmp_path / "figs", formats=("png",))
     assert skipped == {} and len(written) == len(plot.FIGURES)
+
+
+# --------------------------------------------------------------------------- dirty trees
+
+
+def test_dirty_results_warn_and_clean_ones_do_not(tmp_path, capsys):
+    assert _cli(["plot", str(FIXTURE), "--out", str(tmp_path / "a"), "--format", "png"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"minigrad plot: warning: {FIXTURE} was measured on a dirty tree "
+                          "(uncommitted changes at commit 0000000)")
+    doc = json.loads(FIXTURE.read_text())
+    doc["commit_info"]["dirty"] = False
+    recs, info = plot.read(_write(tmp_path, doc, "clean.json"))
+    assert info["dirty"] is False
+    assert "DIRTY" not in plot.footer_of(plot.fig_speedup(recs, info))
+    assert _cli(["plot", str(tmp_path / "clean.json"), "--out", str(tmp_path / "b"),
+                 "--format", "png"]) == 0
+    assert "dirty" not in capsys.readouterr().err
+
+
+def test_median_and_iqr_not_mean(tmp_path):
+    """The figures show the median and its IQR: a slow outlier round moves neither."""
+    doc = json.loads(FIXTURE.read_text())
+    b = next(b for b in doc["benchmarks"] if b["name"] == "test_conv[conv1-forward-im2col]")
+    b["stats"].update(mean=0.01, max=0.05, median=0.0024, q1=0.0023, q3=0.0025)
+    recs, info = plot.read(_write(tmp_path, doc, "outlier.json"))
+    r = next(r for r in recs if r["name"] == b["name"])
+    assert (r["time"], r["lo"], r["hi"], r["stat"], r["spread"]) == \
+        (0.0024, 0.0023, 0.0025, "median", "IQR")
+    ax = plot.fig_speedup(recs, info).axes[0]
+    torch = _time(recs, "conv1", "forward", "pytorch")
+    assert _bars(ax)["im2col"][0] == pytest.approx(torch / 0.0024)
+    lo, hi = _whiskers(ax)["im2col"][0]
+    t = next(r for r in recs if r["name"] == "test_conv[conv1-forward-pytorch]")
+    assert (lo, hi) == pytest.approx((t["lo"] / 0.0025, t["hi"] / 0.0023))
+    assert "median time" in ax.get_ylabel()
+
+
+# --------------------------------------------------------------------------- comparing runs
+
+
+def _scaled(tmp_path, name, factor, commit="1111111abc", dirty=False):
+    """A copy of the fixture with every time times `factor`, as another run's file."""
+    doc = json.loads(FIXTURE.read_text())
+    for b in doc["benchmarks"]:
+        for k in ("min", "max", "mean", "median", "q1", "q3"):
+            b["stats"][k] *= factor
+    doc["commit_info"].update(id=commit, dirty=dirty)
+    return _write(tmp_path, doc, name)
+
+
+def test_two_results_files_are_drawn_side_by_side(tmp_path, capsys):
+    before = _scaled(tmp_path, "0001_0000000_20240101_000000.json", 1.0, "0000000", True)
+    after = _scaled(tmp_path, "0002_1111111_20240102_000000.json", 0.5)
+    out = tmp_path / "cmp"
+    assert _cli(["plot", str(before), str(after), "--out", str(out), "--format", "png"]) == 0
+    doc = json.loads(FIXTURE.read_text())
+    groups = {b["group"] for b in doc["benchmarks"]}
+    assert {f.name for f in out.iterdir()} == {f"compare-{plot._slug(g)}.png" for g in groups}
+    err = capsys.readouterr().err
+    assert f"warning: {before} was measured on a dirty tree" in err and str(after) not in err
+
+    runs = [(plot.run_label(p, plot.read(p)[1]),) + plot.read(p) for p in (before, after)]
+    assert [r[0] for r in runs] == ["0001 (0000000+dirty)", "0002 (1111111)"]
+    fig = plot.fig_compare(runs, "loader")
+    ax = fig.axes[0]
+    widths = {c.get_label(): [b.get_width() for b in c] for c in ax.containers
+              if hasattr(c, "patches")}
+    first, second = widths["0001 (0000000+dirty)"], widths["0002 (1111111)"]
+    assert len(first) == len(second) == 8 and second == pytest.approx([w / 2 for w in first])
+    assert sum("(0.50x)" in t.get_text() for t in ax.texts) == 8
+    assert "median time per call" in ax.get_xlabel() and "IQR" in ax.get_xlabel()
+    footer = plot.footer_of(fig)
+    assert "commit 0000000 · DIRTY TREE" in footer and "commit 1111111" in footer
+
+
+def test_compare_labels_and_missing_benchmarks(tmp_path):
+    a = _scaled(tmp_path, "a.json", 1.0)
+    doc = json.loads(_scaled(tmp_path, "b.json", 2.0).read_text())
+    doc["benchmarks"] = [b for b in doc["benchmarks"] if b["name"] != "test_loader[minigrad-8]"]
+    b = _write(tmp_path, doc, "b.json")
+    out = tmp_path / "cmp"
+    assert _cli(["plot", str(a), str(b), "--out", str(out), "--format", "svg",
+                 "--labels", "laptop,server"]) == 0
+    runs = [(lab,) + plot.read(p) for lab, p in (("laptop", a), ("server", b))]
+    fig = plot.fig_compare(runs, "loader")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["laptop", "server"]
+    assert any(t.get_text() == "not in this file" for t in ax.texts)
+    assert (out / "compare-loader.svg").is_file()
+
+
+def test_bench_labels_drop_what_the_group_says():
+    r = {"name": "test_conv[mnist-conv2-im2col-numba-forward+backward]",
+         "group": "mnist-conv2 forward+backward"}
+    assert plot._bench_label(r) == "im2col-numba"
+    assert plot._bench_label({"name": "test_torch[mnist-conv2-forward]",
+                              "group": "mnist-conv2 forward"}) == "torch"
+    assert plot._slug("mnist-conv2 forward+backward") == "mnist-conv2-forward+backward"
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def _log(path, run, losses, test_acc, end=True, cut=False, step_losses=None, extra=()):
+    """A `minigrad train --log` file: start, steps, epochs, (end); cut=True adds a
+    half-written last line, as a killed run leaves."""
+    lines = [{"event": "start", "time": 0.0, "run": run,
+              "config": {"task": "mnist", "model": "cnn", "conv": run, "optimizer": "sgd",
+                         "lr": 0.02, "batch_size": 64, "epochs": len(losses), "seed": 0}}]
+    step = 0
+    for e, (loss, acc) in enumerate(zip(losses, test_acc, strict=True), 1):
+        for s in step_losses or ():
+            step += 1
+            lines.append({"event": "step", "epoch": e, "step": step, "loss": s, "lr": 0.02})
+        lines.append({"event": "epoch", "epoch": e, "step": step, "loss": loss,
+                      "train_accuracy": None, "test_accuracy": acc, "val_accuracy": None,
+                      "lr": 0.02, "seconds": float(e), "new_key": "ignored"})
+    lines += list(extra)
+    if end:
+        lines.append({"event": "end", "summary": {"test_accuracy": test_acc[-1]}})
+    text = "\n".join(json.dumps(x) for x in lines) + "\n"
+    if cut:
+        text += '{"event": "epoch", "epo'
+    path.write_text(text)
+    return path
+
+
+def test_training_curves_overlay_runs_per_epoch(tmp_path, capsys):
+    a = _log(tmp_path / "a.jsonl", "im2col", [0.9, 0.5, 0.3], [0.80, 0.90, 0.95],
+             step_losses=[2.0, 1.0])
+    b = _log(tmp_path / "b.log", "kn2row", [1.0, 0.6], [0.7, 0.85], end=False, cut=True,
+             extra=[{"event": "mystery", "x": 1}])
+    out = tmp_path / "figs"
+    assert _cli(["plot", str(a), str(b), "--out", str(out)]) == 0     # b: by content
+    assert {f.name for f in out.iterdir()} == {"curves.png", "curves.svg"}
+    runs = [plot.read_log(a), plot.read_log(b)]
+    assert runs[1]["truncated"] and not runs[1]["ended"] and runs[0]["ended"]
+    fig = plot.fig_curves(runs)
+    loss_ax, acc_ax = fig.axes[:2]
+    lines = [ln for ln in loss_ax.get_lines() if len(ln.get_xdata()) > 1]
+    assert [list(ln.get_xdata()) for ln in lines] == [[1, 2, 3], [1, 2]]
+    assert [list(ln.get_ydata()) for ln in lines] == [[0.9, 0.5, 0.3], [1.0, 0.6]]
+    acc = [list(ln.get_ydata()) for ln in acc_ax.get_lines()]
+    assert acc == [pytest.approx([80, 90, 95]), pytest.approx([70, 85])]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["im2col", "kn2row (incomplete: no end event)"]
+    assert "last line cut off (killed run?): b.log" in plot.footer_of(fig)
+    assert "epoch" == loss_ax.get_xlabel()
+
+
+def test_training_curves_per_step_and_same_labels(tmp_path):
+    a = _log(tmp_path / "a.jsonl", "run", [0.9, 0.5], [0.8, 0.9], step_losses=[2.0, 1.0])
+    b = _log(tmp_path / "b.jsonl", "run", [1.0, 0.6], [0.7, 0.85], step_losses=[3.0, 2.0],
+             extra=[{"event": "diverged", "epoch": 2, "loss": float("nan")}])
+    b.write_text(b.read_text().replace('"conv": "run"', '"conv": "kn2row"'))
+    runs = [plot.read_log(a), plot.read_log(b)]
+    fig = plot.fig_curves(runs, per="step")
+    loss_ax = fig.axes[0]
+    assert list(loss_ax.get_lines()[0].get_xdata()) == [1, 2, 3, 4]
+    assert list(loss_ax.get_lines()[0].get_ydata()) == [2.0, 1.0, 2.0, 1.0]
+    assert loss_ax.get_xlabel() == "step (global)"
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["run (conv=run)", "run (conv=kn2row) (diverged)"]
+
+
+def test_bad_inputs_are_refused_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"event": "start"}\nnot json\n{"event": "end"}\n')
+    assert _cli(["plot", str(bad)]) == 2
+    assert capsys.readouterr().err == (f"minigrad plot: {bad}: line 2 is not JSON (Expecting "
+                                       "value); give a log written by `minigrad train ... "
+                                       "--log FILE.jsonl`\n")
+    empty = _log(tmp_path / "e.jsonl", "x", [], [], end=False)   # killed in epoch 1
+    assert _cli(["plot", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "no epoch events in the logs" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert _cli(["plot", str(FIXTURE), "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == (f"minigrad plot: --out {afile} is a file, not a "
+                                       "directory; give a directory (it is created if "
+                                       "missing)\n")
+    assert _cli(["plot", str(FIXTURE), "--labels", "a,b"]) == 2
+    assert "--labels gives 2 names for 1 files" in capsys.readouterr().err
+    assert _cli(["plot", str(FIXTURE), "--format", "jpg"]) == 2
+    assert "unknown format jpg" in capsys.readouterr().err
