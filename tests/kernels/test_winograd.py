@@ -1,0 +1,221 @@
+"""Winograd F(2x2, 3x3) (kernels/winograd.py) against PyTorch and the direct algorithm.
+
+The module is called directly (it is not in kernels.ALGORITHMS yet): values, dx and dw in
+float32 and float64, NumPy and Numba, on odd and even sizes, 1 to 17 channels and filters,
+paddings 0 to 3, batches 1 to 3; the float32 error against a float32 GEMM lowering's (im2col); the
+shape errors; and workspace_bytes against what forward really allocates.
+"""
+import tracemalloc
+
+import numpy as np
+import oracle
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from minigrad.kernels import direct, im2col, winograd
+
+pytest.importorskip("torch")
+
+BACKENDS = ("numpy", "numba")
+
+# (N, C, H, W, M, padding)
+CASES = [
+    (1, 1, 3, 3, 1, 0),      # one tile, one output
+    (1, 1, 4, 4, 1, 0),      # exactly one 2x2 block
+    (2, 3, 5, 7, 4, 1),      # odd H and W: the last tiles are cropped
+    (3, 17, 9, 8, 5, 2),     # C = 17, padding 2
+    (2, 4, 6, 6, 17, 0),     # M = 17
+    (1, 2, 4, 9, 3, 2),
+    (3, 1, 11, 5, 2, 1),     # C = 1 (a first layer)
+    (2, 5, 7, 7, 3, 3),      # padding 3 > 2: dx runs on a cropped dy (negative padding)
+    (1, 8, 14, 14, 16, 1),   # MNIST conv2's spatial size
+    (2, 16, 3, 10, 7, 0),    # a single row of tiles, Ho = 1
+]
+
+
+def _ids(c):
+    return "x{}x{}x{}x{}-m{}-p{}".format(*c)
+
+
+def data(case, dtype, seed=0):
+    n, c, h, w, m, p = case
+    rng = np.random.default_rng([seed, *case])
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((m, c, 3, 3)).astype(dtype)
+    dy = rng.standard_normal((n, m, h + 2 * p - 2, w + 2 * p - 2)).astype(dtype)
+    return x, wt, dy, (p, p)
+
+
+def run(backend, x, w, dy, padding, need_dx=True):
+    y = getattr(winograd, "forward_" + backend)(x, w, (1, 1), padding)
+    dx, dw = getattr(winograd, "backward_" + backend)(dy, x, w, (1, 1), padding,
+                                                      need_dx=need_dx)
+    return y, dx, dw
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", oracle.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_against_torch_and_direct(case, dtype, backend):
+    x, w, dy, padding = data(case, dtype)
+    got = run(backend, x, w, dy, padding)
+    tag = f"winograd/{backend} case {case} {np.dtype(dtype).name}"
+    oracle.assert_conv_close(got, oracle.torch_conv(x, w, dy, 1, padding), dtype,
+                             f"vs torch, {tag}")
+    want = (direct.forward_numpy(x, w, (1, 1), padding),
+            *direct.backward_numpy(dy, x, w, (1, 1), padding))
+    oracle.assert_conv_close(got, [a.astype(np.float64) for a in want], dtype,
+                             f"vs direct, {tag}")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 3), c=st.integers(1, 17), m=st.integers(1, 17),
+       h=st.integers(1, 12), w=st.integers(1, 12), p=st.integers(0, 2),
+       backend=st.sampled_from(BACKENDS))
+def test_random_shapes(n, c, m, h, w, p, backend):
+    if h + 2 * p < 3 or w + 2 * p < 3:
+        return  # the 3x3 kernel does not fit the padded input
+    x, wt, dy, padding = data((n, c, h, w, m, p), np.float64, seed=1)
+    oracle.assert_conv_close(run(backend, x, wt, dy, padding),
+                             oracle.torch_conv(x, wt, dy, 1, padding), np.float64,
+                             f"winograd/{backend} n{n} c{c} m{m} h{h} w{w} p{p}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_square_padding(backend):
+    x, w, dy, _ = data((2, 3, 6, 9, 4, 0), np.float64)
+    padding = (2, 0)
+    dy = np.random.default_rng(3).standard_normal((2, 4, 8, 7))
+    oracle.assert_conv_close(run(backend, x, w, dy, padding),
+                             oracle.torch_conv(x, w, dy, 1, padding), np.float64,
+                             f"winograd/{backend} padding (2, 0)")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_need_dx_false(backend):
+    x, w, dy, padding = data((2, 3, 5, 6, 4, 1), np.float32)
+    _, dx, dw = run(backend, x, w, dy, padding, need_dx=False)
+    assert dx is None
+    np.testing.assert_array_equal(dw, run(backend, x, w, dy, padding)[2])
+
+
+def rel_err(got, want):
+    return float(np.abs(got.astype(np.float64) - want).max() / np.abs(want).max())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_error_is_like_a_float32_gemm(backend):
+    """The header's claim: float32 Winograd is as accurate as a float32 GEMM lowering
+    (im2col: within 4x of its error) and under 1e-6 of the largest value, y, dx and dw."""
+    x, w, dy, padding = data((2, 17, 14, 14, 17, 1), np.float32, seed=5)
+    ref = oracle.torch_conv(x, w, dy, 1, padding)
+    wino = run(backend, x, w, dy, padding)
+    gemm = (im2col.forward_numba(x, w, (1, 1), padding),
+            *im2col.backward_numba(dy, x, w, (1, 1), padding))
+    for name, g, d, r in zip(("y", "dx", "dw"), wino, gemm, ref, strict=True):
+        ew, ei = rel_err(g, r), rel_err(d, r)
+        print(f"float32 {name}: winograd {ew:.2e}, im2col {ei:.2e}")
+        assert ew < 1e-6, f"{name}: float32 Winograd error {ew:.2e}"
+        assert ew < 4 * ei, f"{name}: Winograd {ew:.2e} vs im2col {ei:.2e}"
+
+
+def test_matrices_compute_a_1d_correlation():
+    """F(2, 3) in one dimension: A^T [(G g) * (B^T d)] = the two outputs of d correlated
+    with g, for random d and g (the 2-D algorithm nests this one)."""
+    bt, g_mat, at = winograd.matrices(np.float64)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        d, g = rng.standard_normal(4), rng.standard_normal(3)
+        want = np.array([d[0:3] @ g, d[1:4] @ g])
+        np.testing.assert_allclose(at @ ((g_mat @ g) * (bt @ d)), want, rtol=1e-13)
+
+
+@pytest.mark.parametrize("w_shape, stride", [
+    ((4, 3, 5, 5), (1, 1)),
+    ((4, 3, 3, 1), (1, 1)),
+    ((4, 3, 3, 3), (2, 2)),
+    ((4, 3, 3, 3), (1, 2)),
+])
+@pytest.mark.parametrize("fn", ["forward_numpy", "forward_numba", "backward_numpy",
+                                "backward_numba", "workspace_bytes"])
+def test_unsupported_shapes_are_clear_errors(fn, w_shape, stride):
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    w = np.zeros(w_shape, np.float32)
+    f = getattr(winograd, fn)
+    with pytest.raises(ValueError) as e:
+        if fn == "workspace_bytes":
+            f(x.shape, w.shape, stride, (0, 0), 4)
+        elif fn.startswith("forward"):
+            f(x, w, stride, (0, 0))
+        else:
+            f(np.zeros((1, 4, 6, 6), np.float32), x, w, stride, (0, 0))
+    msg = str(e.value)
+    assert "winograd" in msg and "3x3 kernel and stride 1" in msg
+    assert str(w_shape) in msg and str(stride) in msg and str(x.shape) in msg
+    assert not winograd.supports(w_shape, stride)
+    assert winograd.supports((4, 3, 3, 3), (1, 1))
+
+
+WORKSPACE_CASES = [  # x shape, w shape, padding
+    ((4, 8, 16, 16), (16, 8, 3, 3), (1, 1)),   # padded, even output
+    ((1, 8, 20, 19), (8, 8, 3, 3), (0, 2)),    # odd output width: cropped
+    ((3, 4, 17, 17), (6, 4, 3, 3), (0, 0)),    # no padding, odd output: grid padded
+    ((3, 4, 18, 18), (6, 4, 3, 3), (0, 0)),    # no padding, tiles fit: no copy at all
+]
+
+
+@pytest.mark.parametrize("dtype", oracle.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", range(len(WORKSPACE_CASES)))
+def test_workspace_matches_allocation(case, backend, dtype):
+    """workspace_bytes(_numba) is the peak that forward really holds besides y (tracemalloc
+    sees every NumPy allocation; 16 KiB of slack for NumPy's own small temporaries)."""
+    x_shape, w_shape, padding = WORKSPACE_CASES[case]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    fn = getattr(winograd, "forward_" + backend)
+    fn(x, w, (1, 1), padding)  # compile (and let the GEMM cache its packing buffers) first
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        y = fn(x, w, (1, 1), padding)
+        got = tracemalloc.get_traced_memory()[1] - base - y.nbytes
+    finally:
+        tracemalloc.stop()
+    formula = winograd.workspace_bytes if backend == "numpy" else winograd.workspace_bytes_numba
+    want = formula(x_shape, w_shape, (1, 1), padding, np.dtype(dtype).itemsize)
+    assert want <= got <= want + 16 * 1024, f"workspace_bytes {want}, allocated {got}"
+
+
+def test_workspace_mnist_conv2():
+    """The header's example: MNIST conv2, float32, U + V + Mw = 19.4 MB on both paths."""
+    args = ((64, 32, 14, 14), (64, 32, 3, 3), (1, 1), (1, 1), 4)
+    want = 4 * 16 * (64 * 32 + 32 * 3136 + 64 * 3136)
+    assert winograd.workspace_bytes(*args) == want == winograd.workspace_bytes_numba(*args)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_cuda_twin_with_numpy_standing_in_for_cupy(case, monkeypatch):
+    """kernels/cuda/winograd.py uses only array operations NumPy shares with CuPy, so its
+    index math runs here with NumPy as `cupy` (the GPU run is in test_cuda_gpu's sweep once
+    the algorithm is registered)."""
+    from minigrad.kernels.cuda import _runtime
+    from minigrad.kernels.cuda import winograd as cuda_winograd
+
+    monkeypatch.setattr(_runtime, "get_cupy", lambda: np)
+    x, w, dy, padding = data(case, np.float64)
+    y = cuda_winograd.forward(x, w, (1, 1), padding)
+    dx, dw = cuda_winograd.backward(dy, x, w, (1, 1), padding)
+    oracle.assert_conv_close((y, dx, dw), oracle.torch_conv(x, w, dy, 1, padding),
+                             np.float64, f"cuda winograd (numpy) case {case}")
+    assert y.flags.c_contiguous and dx.flags.c_contiguous and dw.flags.c_contiguous
+    assert cuda_winograd.backward(dy, x, w, (1, 1), padding, need_dx=False)[0] is None
+    with pytest.raises(ValueError, match="3x3 kernel and stride 1"):
+        cuda_winograd.forward(x, w, (2, 2), padding)
+    n, c, h, wd, m, p = case
+    th, tw = (h + 2 * p - 1) // 2, (wd + 2 * p - 1) // 2
+    assert cuda_winograd.workspace_bytes(x.shape, w.shape, (1, 1), padding, 8) == 8 * (
+        n * c * (2 * th + 2) * (2 * tw + 2) + 32 * c * n * th * tw + 16 * m * c
+        + 16 * m * n * th * tw + n * m * 4 * th * tw)
