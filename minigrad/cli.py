@@ -1,4 +1,4 @@
-"""The `minigrad` command: train, info, plot, explain.
+"""The `minigrad` command: train, info, plot, explain, compress.
 
     minigrad train iris [--epochs 100 --batch-size 64 --lr 1e-3 --optimizer adam --workers 4]
     minigrad train iris --json          # ends the output with one JSON summary object
@@ -6,6 +6,7 @@
     minigrad info                       # versions, Numba threads and layer, CuPy/GPU
     minigrad plot results.json --out DIR  # speedup, GFLOP/s, workspace ... figures
     minigrad explain im2col [--text]    # draw how a small convolution is lowered
+    minigrad compress ck.npz --method tucker2 --ratio 4 --out small.npz   # factor the convs
 
 A mistake on the command line, an unreadable checkpoint or missing data ends with one line
 on stderr, `minigrad <command>: <what is wrong>; <what to do>`, and exit status 2; a
@@ -235,8 +236,7 @@ def cmd_train(args):
             check_writable(args.save)
         except CheckpointError as e:
             raise CLIError(f"--save: {e}; choose a path in a writable directory") from e
-    if args.resume is not None:
-        _check_resume(args)
+    resume_meta = _check_resume(args) if args.resume is not None else None
 
     if args.progress:
         from tqdm import tqdm
@@ -250,6 +250,10 @@ def cmd_train(args):
     t0 = time.perf_counter()
     with announce_compilation(note):
         task = task_from_args(args)
+        if resume_meta is not None:  # a `minigrad compress`ed checkpoint: factor the model
+            from .tools.compress import prepare_resume
+
+            prepare_resume(task.model, resume_meta)
         train_data, val_data = task.train, None
         if args.val_split is not None:
             try:
@@ -426,10 +430,11 @@ def build_parser():
     i = sub.add_parser("info", help="versions, threads, GPU")
     i.set_defaults(func=cmd_info)
 
-    from .tools import explain, plot
+    from .tools import compress, explain, plot
 
     explain.add_parser(sub)
     plot.add_parser(sub)
+    compress.add_parser(sub)
     return p
 
 
