@@ -13,6 +13,10 @@
 No GEMM, no workspace: y and argmax (int64, same shape as y) are the outputs. Ties pick the
 first maximum in row-major window order, as PyTorch's CPU kernel does.
 
+NaN propagates, as in PyTorch and NumPy: a window holding a NaN has the maximum NaN, and its
+gradient goes to the window's *last* NaN (PyTorch's CPU rule, `val > max || isnan(val)`).
+A plain `v > best` test would skip every NaN (a comparison with NaN is false) and hide it.
+
 Backward never races: the Numba kernel runs one (n, c) plane per thread and an output's
 gradient only ever lands in its own plane.
 """
@@ -33,7 +37,11 @@ def forward_numpy(x, kernel, stride):
         [x[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] for i in range(kh) for j in range(kw)],
         axis=-1,
     )  # (N, C, Ho, Wo, KH*KW)
-    tap = windows.argmax(axis=-1)  # first maximum
+    tap = windows.argmax(axis=-1)  # first maximum (np.argmax stops at the first NaN)
+    nan = np.isnan(windows)
+    if nan.any():  # PyTorch routes a NaN window's gradient to its last NaN
+        last_nan = kh * kw - 1 - nan[..., ::-1].argmax(axis=-1)
+        tap = np.where(nan.any(axis=-1), last_nan, tap)
     y = np.take_along_axis(windows, tap[..., None], axis=-1)[..., 0]
     oh = np.arange(ho)[:, None]
     ow = np.arange(wo)[None, :]
@@ -53,7 +61,7 @@ def backward_numpy(dy, argmax, x_shape, kernel, stride):
 # --------------------------------------------------------------------------- Numba
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, nogil=True, fastmath=False)
 def _forward_kernel(x, kh, kw, sh, sw, y, argmax):
     # One job per (n, c) plane. Flat views and unsigned offsets, as in im2col's copy loops
     # (see "Indexing" in kernels/_numba.py): 4-D indexing here was 4x slower.
@@ -72,7 +80,9 @@ def _forward_kernel(x, kh, kw, sh, sw, y, argmax):
                     row = corner + i * w
                     for j in range(kw):
                         v = xf[src + uintp(row + j)]
-                        if v > best:  # strict: keeps the first maximum
+                        # strict >: keeps the first maximum; v != v: v is NaN, and a
+                        # NaN wins (the last one), as in PyTorch
+                        if v > best or v != v:
                             best = v
                             arg = row + j
                 out = dst + uintp(oh * wo + ow)
@@ -80,7 +90,7 @@ def _forward_kernel(x, kh, kw, sh, sw, y, argmax):
                 af[out] = arg
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, nogil=True, fastmath=False)
 def _backward_kernel(dy, argmax, dx):
     # dx viewed as (N*C, H*W); one plane per job, so the += below never races
     n_img, c_in, ho, wo = dy.shape

@@ -1,10 +1,16 @@
 """Finite-difference gradient checking in float64."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 
 from .tensor import Tensor
 
 
-def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True):
+def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Any], eps: float = 1e-6,
+              atol: float = 1e-5, rtol: float = 1e-3, raise_exception: bool = True) -> bool:
     """Compare autograd's gradients of sum(fn(*inputs) * r) with central differences.
 
     `inputs` are Tensors or arrays; they are copied to float64 (the check is meaningless in

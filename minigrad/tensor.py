@@ -14,9 +14,19 @@ accumulate across calls until `zero_grad()`/`.grad = None`, as in PyTorch.
 
 Arrays are numpy (CPU) or cupy (GPU); `xp` is whichever module owns the data, so each op is
 written once for both. float32 is the default dtype; float64 is kept when given.
+
+Two rules every op keeps (and `Tensor.backward` checks):
+- a gradient has its input's shape and dtype (float32 in, float32 gradient out);
+- `backward(g)` returns exactly one entry per input (a short tuple is an error, not a
+  silently dropped gradient).
 """
+from __future__ import annotations
+
+import operator
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, Union
 
 import numpy as np
 
@@ -27,12 +37,12 @@ from .backend import device_of, get_array_module, normalize_device, to_device
 _state = threading.local()
 
 
-def is_grad_enabled():
+def is_grad_enabled() -> bool:
     return getattr(_state, "enabled", True)
 
 
 @contextmanager
-def no_grad():
+def no_grad() -> Iterator[None]:
     """Within this block ops record no graph (per thread, so Hogwild workers are unaffected)."""
     prev = is_grad_enabled()
     _state.enabled = False
@@ -88,6 +98,24 @@ def _expand_reduced(g, shape, axes, keepdims):
     return g
 
 
+def _broadcast_error(op, a, b):
+    """The error for operands whose shapes do not broadcast, naming the op and both shapes."""
+    return ValueError(f"{op}: shapes {a.shape} and {b.shape} cannot be broadcast together "
+                      "(trailing axes must be equal, or one of them 1)")
+
+
+def _elementwise(op, fn, a, b):
+    """fn(a.data, b.data) for a broadcasting binary op; a shape mismatch names the op."""
+    try:
+        return fn(a.data, b.data)
+    except ValueError:
+        try:
+            np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise _broadcast_error(op, a, b) from None
+        raise
+
+
 def _check_same_device(op, a, b):
     da, db = device_of(a.data), device_of(b.data)
     if da != db:
@@ -97,11 +125,14 @@ def _check_same_device(op, a, b):
 
 # --------------------------------------------------------------------------- Tensor
 
+Operand = Union["Tensor", float, int, np.ndarray]  # what a binary op accepts
+
+
 class Tensor:
     __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "__weakref__")
     __array_priority__ = 100  # so numpy scalars/arrays defer to Tensor's reflected ops
 
-    def __init__(self, data, requires_grad=False, dtype=None):
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None):
         self.data = _as_array(data, dtype)
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -137,50 +168,50 @@ class Tensor:
 
     # -- properties ------------------------------------------------------------------
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self.data.shape
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return self.data.ndim
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         return self.data.dtype
 
     @property
-    def size(self):
+    def size(self) -> int:
         return self.data.size
 
     @property
-    def device(self):
+    def device(self) -> str:
         return device_of(self.data)
 
     @property
-    def is_leaf(self):
+    def is_leaf(self) -> bool:
         return self._backward is None
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.data)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         g = ", requires_grad=True" if self.requires_grad else ""
         dev = "" if self.device == "cpu" else ", device='cuda'"
         return f"Tensor({self.data!r}{dev}{g})"
 
-    def numpy(self):
+    def numpy(self) -> np.ndarray:
         return to_device(self.data, "cpu")
 
-    def item(self):
+    def item(self) -> float:
         return self.data.item()
 
-    def detach(self):
+    def detach(self) -> Tensor:
         return Tensor(self.data)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         self.grad = None
 
-    def to(self, device):
+    def to(self, device: str) -> Tensor:
         """A copy on 'cpu' or 'cuda' (self when already there); gradients flow back."""
         device = normalize_device(device)
         if device == self.device:
@@ -192,13 +223,13 @@ class Tensor:
 
         return Tensor._make(to_device(self.data, device), (self,), backward, "to")
 
-    def cpu(self):
+    def cpu(self) -> Tensor:
         return self.to("cpu")
 
-    def cuda(self):
+    def cuda(self) -> Tensor:
         return self.to("cuda")
 
-    def astype(self, dtype):
+    def astype(self, dtype: Any) -> Tensor:
         src = self.data.dtype
 
         def backward(g):
@@ -207,31 +238,31 @@ class Tensor:
         return Tensor._make(self.data.astype(dtype), (self,), backward, "astype")
 
     # -- arithmetic --------------------------------------------------------------------
-    def __add__(self, other):
+    def __add__(self, other: Operand) -> Tensor:
         other = self._lift(other, "add")
         a, b = self, other
 
         def backward(g):
             return _unbroadcast(g, a.shape), _unbroadcast(g, b.shape)
 
-        return Tensor._make(a.data + b.data, (a, b), backward, "add")
+        return Tensor._make(_elementwise("add", operator.add, a, b), (a, b), backward, "add")
 
-    def __radd__(self, other):
+    def __radd__(self, other: Operand) -> Tensor:
         return self._lift(other, "add") + self
 
-    def __sub__(self, other):
+    def __sub__(self, other: Operand) -> Tensor:
         other = self._lift(other, "sub")
         a, b = self, other
 
         def backward(g):
             return _unbroadcast(g, a.shape), _unbroadcast(-g, b.shape)
 
-        return Tensor._make(a.data - b.data, (a, b), backward, "sub")
+        return Tensor._make(_elementwise("sub", operator.sub, a, b), (a, b), backward, "sub")
 
-    def __rsub__(self, other):
+    def __rsub__(self, other: Operand) -> Tensor:
         return self._lift(other, "sub") - self
 
-    def __mul__(self, other):
+    def __mul__(self, other: Operand) -> Tensor:
         other = self._lift(other, "mul")
         a, b = self, other
 
@@ -239,12 +270,12 @@ class Tensor:
             return (_unbroadcast(g * b.data, a.shape) if a.requires_grad else None,
                     _unbroadcast(g * a.data, b.shape) if b.requires_grad else None)
 
-        return Tensor._make(a.data * b.data, (a, b), backward, "mul")
+        return Tensor._make(_elementwise("mul", operator.mul, a, b), (a, b), backward, "mul")
 
-    def __rmul__(self, other):
+    def __rmul__(self, other: Operand) -> Tensor:
         return self._lift(other, "mul") * self
 
-    def __truediv__(self, other):
+    def __truediv__(self, other: Operand) -> Tensor:
         other = self._lift(other, "div")
         a, b = self, other
 
@@ -253,23 +284,26 @@ class Tensor:
                     _unbroadcast(-g * a.data / (b.data * b.data), b.shape)
                     if b.requires_grad else None)
 
-        return Tensor._make(a.data / b.data, (a, b), backward, "div")
+        return Tensor._make(_elementwise("div", operator.truediv, a, b), (a, b), backward,
+                            "div")
 
-    def __rtruediv__(self, other):
+    def __rtruediv__(self, other: Operand) -> Tensor:
         return self._lift(other, "div") / self
 
-    def __neg__(self):
+    def __neg__(self) -> Tensor:
         def backward(g):
             return (-g,)
 
         return Tensor._make(-self.data, (self,), backward, "neg")
 
-    def __pow__(self, p):
+    def __pow__(self, p: Tensor | float) -> Tensor:
         a = self
+        if not np.isscalar(p):  # an array exponent is an elementwise, broadcasting operand
+            p = self._lift(p, "pow")
         if isinstance(p, Tensor):
             _check_same_device("pow", a, p)
             xp = get_array_module(a.data)
-            out_data = a.data ** p.data
+            out_data = _elementwise("pow", operator.pow, a, p)
 
             def backward(g):
                 ga = gp = None
@@ -281,15 +315,18 @@ class Tensor:
 
             return Tensor._make(out_data, (a, p), backward, "pow")
 
+        if isinstance(p, np.generic):
+            p = p.item()  # a Python number keeps a float32 tensor float32 (NumPy's NEP 50)
+
         def backward(g):
             return (g * p * a.data ** (p - 1),)
 
         return Tensor._make(a.data ** p, (a,), backward, "pow")
 
-    def __rpow__(self, base):
+    def __rpow__(self, base: Operand) -> Tensor:
         return self._lift(base, "pow") ** self
 
-    def __matmul__(self, other):
+    def __matmul__(self, other: Operand) -> Tensor:
         other = self._lift(other, "matmul")
         a, b = self, other
         if a.ndim == 0 or b.ndim == 0 or a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
@@ -299,13 +336,16 @@ class Tensor:
         out_data = a.data @ b.data
 
         def backward(g):
+            # A 1-D operand is a matrix with one row (a) or one column (b); g gets the axis
+            # the product dropped back. b's column first: for vector @ vector g is a scalar,
+            # and g[..., None] turns it into the (1,) row that a's step then lifts to (1, 1).
             A = a.data if a.ndim > 1 else a.data[None, :]
             B = b.data if b.ndim > 1 else b.data[:, None]
             G = g
-            if a.ndim == 1:
-                G = G[..., None, :]
             if b.ndim == 1:
                 G = G[..., None]
+            if a.ndim == 1:
+                G = G[..., None, :]
             ga = gb = None
             if a.requires_grad:
                 ga = _unbroadcast(G @ B.swapaxes(-1, -2), A.shape).reshape(a.shape)
@@ -315,11 +355,11 @@ class Tensor:
 
         return Tensor._make(out_data, (a, b), backward, "matmul")
 
-    def __rmatmul__(self, other):
+    def __rmatmul__(self, other: Operand) -> Tensor:
         return self._lift(other, "matmul") @ self
 
     # -- elementwise functions ---------------------------------------------------------
-    def exp(self):
+    def exp(self) -> Tensor:
         out_data = get_array_module(self.data).exp(self.data)
 
         def backward(g):
@@ -327,7 +367,7 @@ class Tensor:
 
         return Tensor._make(out_data, (self,), backward, "exp")
 
-    def log(self):
+    def log(self) -> Tensor:
         a = self
 
         def backward(g):
@@ -335,7 +375,7 @@ class Tensor:
 
         return Tensor._make(get_array_module(a.data).log(a.data), (a,), backward, "log")
 
-    def sqrt(self):
+    def sqrt(self) -> Tensor:
         out_data = get_array_module(self.data).sqrt(self.data)
 
         def backward(g):
@@ -343,7 +383,7 @@ class Tensor:
 
         return Tensor._make(out_data, (self,), backward, "sqrt")
 
-    def relu(self):
+    def relu(self) -> Tensor:
         a = self
         out_data = get_array_module(a.data).maximum(a.data, 0)
 
@@ -352,8 +392,39 @@ class Tensor:
 
         return Tensor._make(out_data, (a,), backward, "relu")
 
+    def tanh(self) -> Tensor:
+        out_data = get_array_module(self.data).tanh(self.data)
+
+        def backward(g):  # d tanh(x) = 1 - tanh(x)^2
+            return (g * (1 - out_data * out_data),)
+
+        return Tensor._make(out_data, (self,), backward, "tanh")
+
+    def sigmoid(self) -> Tensor:
+        """1 / (1 + exp(-x)), computed without overflow for large |x|."""
+        xp = get_array_module(self.data)
+        x = self.data
+        e = xp.exp(-xp.abs(x))  # in (0, 1]: never overflows
+        out_data = xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+        def backward(g):  # d sigmoid(x) = s * (1 - s)
+            return (g * out_data * (1 - out_data),)
+
+        return Tensor._make(out_data, (self,), backward, "sigmoid")
+
+    def softmax(self, axis: int = -1) -> Tensor:
+        """exp(x) / sum(exp(x)) along `axis`, with the maximum subtracted first."""
+        xp = get_array_module(self.data)
+        e = xp.exp(self.data - self.data.max(axis=axis, keepdims=True))
+        out_data = e / e.sum(axis=axis, keepdims=True)
+
+        def backward(g):  # J^T g for J = diag(s) - s s^T:  s * (g - sum(g * s))
+            return (out_data * (g - (g * out_data).sum(axis=axis, keepdims=True)),)
+
+        return Tensor._make(out_data, (self,), backward, "softmax")
+
     # -- reductions --------------------------------------------------------------------
-    def sum(self, axis=None, keepdims=False):
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
         shape = self.shape
         axes = _norm_axes(axis, self.ndim)
         xp = get_array_module(self.data)
@@ -364,7 +435,8 @@ class Tensor:
         return Tensor._make(self.data.sum(axis=axes, keepdims=keepdims), (self,), backward,
                             "sum")
 
-    def mean(self, axis=None, keepdims=False):
+    def mean(self, axis: int | tuple[int, ...] | None = None,
+             keepdims: bool = False) -> Tensor:
         shape = self.shape
         axes = _norm_axes(axis, self.ndim)
         count = int(np.prod([shape[i] for i in axes])) if axes else 1
@@ -377,7 +449,7 @@ class Tensor:
         return Tensor._make(self.data.mean(axis=axes, keepdims=keepdims), (self,), backward,
                             "mean")
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
         """Maximum over axes; the gradient is shared equally among tied maxima."""
         a = self
         axes = _norm_axes(axis, a.ndim)
@@ -386,14 +458,15 @@ class Tensor:
                                                  if i not in axes])
 
         def backward(g):
-            mask = (a.data == m)
+            # the tie count is an integer array: cast it, or g / count would be float64
+            mask = (a.data == m).astype(g.dtype)
             count = mask.sum(axis=axes, keepdims=True)
             return (mask * (_expand_reduced(g, a.shape, axes, keepdims) / count),)
 
         return Tensor._make(out_data, (a,), backward, "max")
 
     # -- shape ---------------------------------------------------------------------------
-    def reshape(self, *shape):
+    def reshape(self, *shape: int | tuple[int, ...]) -> Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         src = self.shape
@@ -408,10 +481,10 @@ class Tensor:
 
         return Tensor._make(out_data, (self,), backward, "reshape")
 
-    def flatten(self, start_dim=1):
+    def flatten(self, start_dim: int = 1) -> Tensor:
         return self.reshape(self.shape[:start_dim] + (-1,))
 
-    def transpose(self, *axes):
+    def transpose(self, *axes: int | tuple[int, ...]) -> Tensor:
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
         if not axes:
@@ -424,10 +497,10 @@ class Tensor:
         return Tensor._make(self.data.transpose(axes), (self,), backward, "transpose")
 
     @property
-    def T(self):
+    def T(self) -> Tensor:
         return self.transpose()
 
-    def __getitem__(self, idx):
+    def __getitem__(self, idx: Any) -> Tensor:
         a = self
         if isinstance(idx, Tensor):
             idx = idx.data
@@ -453,7 +526,7 @@ class Tensor:
         return Tensor._make(out_data, (a,), backward, "getitem")
 
     # -- autograd ------------------------------------------------------------------------
-    def backward(self, grad=None):
+    def backward(self, grad: Any = None) -> None:
         """Accumulate d(self)/d(leaf) into `.grad` of every leaf that requires grad."""
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad and has no graph "
@@ -480,9 +553,20 @@ class Tensor:
             if node._backward is None:  # a leaf: accumulate
                 node.grad = g if node.grad is None else node.grad + g
                 continue
-            for parent, pg in zip(node._parents, node._backward(g)):
+            pgs = node._backward(g)
+            if not isinstance(pgs, (tuple, list)) or len(pgs) != len(node._parents):
+                got = len(pgs) if isinstance(pgs, (tuple, list)) else type(pgs).__name__
+                raise RuntimeError(f"backward of {node._op}: returned {got} gradients "
+                                   f"for {len(node._parents)} inputs (output shape "
+                                   f"{node.shape}); return one per input, None for none")
+            for parent, pg in zip(node._parents, pgs, strict=True):
                 if pg is None or not parent.requires_grad:
                     continue
+                if pg.shape != parent.shape:
+                    raise RuntimeError(f"backward of {node._op}: gradient of shape {pg.shape} "
+                                       f"for an input of shape {parent.shape}")
+                if pg.dtype != parent.data.dtype:  # mixed-dtype ops: the input's dtype
+                    pg = pg.astype(parent.data.dtype)
                 key = id(parent)
                 prev = grads.get(key)
                 grads[key] = pg if prev is None else prev + pg
@@ -511,14 +595,15 @@ class Parameter(Tensor):
     """A Tensor that a Module owns and an optimizer updates (requires_grad by default)."""
     __slots__ = ()
 
-    def __init__(self, data, requires_grad=True, dtype=None):
+    def __init__(self, data: Any, requires_grad: bool = True, dtype: Any = None):
         super().__init__(data, requires_grad=requires_grad, dtype=dtype)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, device={self.device!r})"
 
 
-def tensor(data, requires_grad=False, dtype=None, device="cpu"):
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None,
+           device: str = "cpu") -> Tensor:
     t = Tensor(data, requires_grad=requires_grad, dtype=dtype)
     if normalize_device(device) != "cpu":
         t.data = to_device(t.data, device)

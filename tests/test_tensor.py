@@ -23,7 +23,7 @@ def check_op(shapes, mg_fn, torch_fn=None, low=-2.0, high=2.0, atol=1e-6, rtol=1
     r = rng.standard_normal(tout.shape)
     (out * mg.Tensor(r)).sum().backward()
     (tout * torch.tensor(r)).sum().backward()
-    for x, t in zip(xs, ts):
+    for x, t in zip(xs, ts, strict=True):
         assert x.grad is not None and x.grad.shape == x.shape
         np.testing.assert_allclose(x.grad, t.grad.numpy(), atol=atol, rtol=rtol)
     if grad_check:
@@ -57,7 +57,8 @@ def test_neg_pow():
 
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((4,), (4, 5)),
                                    ((3, 4), (4,)), ((2, 3, 4), (2, 4, 2)),
-                                   ((5, 2, 3, 4), (1, 4, 2))], ids=str)
+                                   ((5, 2, 3, 4), (1, 4, 2)), ((4,), (4,)),
+                                   ((4,), (2, 4, 3)), ((2, 3, 4), (4,))], ids=str)
 def test_matmul(sa, sb):
     check_op([sa, sb], lambda a, b: a @ b)
 
@@ -237,3 +238,67 @@ def test_gradcheck_catches_a_wrong_gradient():
 
     with pytest.raises(AssertionError, match="gradcheck: input 0"):
         gradcheck(bad, [np.array([1.0, 2.0, 3.0])])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_gradient_keeps_the_input_dtype(dtype):
+    """The tie count is an integer array; dividing by it must not promote to float64."""
+    x = mg.Tensor(np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]], dtype=dtype), requires_grad=True)
+    y = x.max(axis=1)
+    for g in y._backward(np.ones(2, dtype)):  # the op's own gradient, before any cast
+        assert g.dtype == dtype
+    y.sum().backward()
+    assert x.grad.dtype == dtype
+    np.testing.assert_allclose(x.grad, [[0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)
+
+
+def test_vector_dot_vector_backward():
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([4.0, -5.0, 6.0])
+    x, y = mg.Tensor(a, requires_grad=True), mg.Tensor(b, requires_grad=True)
+    out = x @ y
+    assert out.shape == () and out.item() == pytest.approx(12.0)
+    out.backward()
+    np.testing.assert_array_equal(x.grad, b)
+    np.testing.assert_array_equal(y.grad, a)
+
+
+@pytest.mark.parametrize("op,fn", [("add", lambda a, b: a + b), ("sub", lambda a, b: a - b),
+                                   ("mul", lambda a, b: a * b), ("div", lambda a, b: a / b),
+                                   ("pow", lambda a, b: a ** b)])
+def test_broadcast_mismatch_names_op_and_shapes(op, fn):
+    a, b = mg.Tensor(np.ones((2, 3))), mg.Tensor(np.ones((4, 5)))
+    with pytest.raises(ValueError, match=rf"{op}: shapes \(2, 3\) and \(4, 5\) cannot be "
+                                         "broadcast"):
+        fn(a, b)
+    with pytest.raises(ValueError, match=rf"{op}: shapes \(2, 3\) and \(4,\)"):
+        fn(a, np.ones(4))  # an array operand too
+
+
+def test_backward_returning_too_few_gradients_is_an_error():
+    a = mg.Tensor(np.ones(3), requires_grad=True)
+    b = mg.Tensor(np.ones(3), requires_grad=True)
+    out = mg.Tensor._make(a.data * b.data, (a, b), lambda g: (g * b.data,), "short")
+    with pytest.raises(RuntimeError, match=r"backward of short: returned 1 gradients for 2 "
+                                           r"inputs"):
+        out.sum().backward()
+    wrong = mg.Tensor._make(a.data * 2, (a,), lambda g: (g[:2],), "wrong_shape")
+    with pytest.raises(RuntimeError, match=r"wrong_shape.*\(2,\).*\(3,\)"):
+        wrong.sum().backward()
+
+
+def test_mixed_dtype_gradients_keep_each_input_dtype():
+    a = mg.Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    b = mg.Tensor(np.ones(3, np.float64), requires_grad=True)
+    (a * b + a).sum().backward()
+    assert a.grad.dtype == np.float32 and b.grad.dtype == np.float64
+
+
+@pytest.mark.parametrize("bad", [-1, 5, 7])
+def test_cross_entropy_rejects_labels_out_of_range(bad):
+    z = mg.Tensor(np.zeros((3, 5)), requires_grad=True)
+    labels = np.array([0, bad, 2])
+    with pytest.raises(ValueError, match=rf"cross_entropy: class labels must lie in \[0, 4\] "
+                                         rf"for logits \(3, 5\); targets \(3,\) hold {bad}"):
+        F.cross_entropy(z, labels)
+    with pytest.raises(IndexError):  # PyTorch refuses the same labels
+        torch.nn.functional.cross_entropy(torch.zeros(3, 5), torch.tensor(labels))
