@@ -532,6 +532,7 @@ class Tensor:
             raise RuntimeError("backward: this tensor does not require grad and has no graph "
                                f"(shape {self.shape}); was it made under no_grad()?")
         xp = get_array_module(self.data)
+        grad_given = grad
         if grad is None:
             if self.size != 1:
                 raise RuntimeError(f"backward: grad can be implicitly created only for a "
@@ -546,12 +547,22 @@ class Tensor:
 
         order = _topological_order(self)
         grads = {id(self): grad}
+        # Arrays already stored as some leaf's .grad (or handed in by the caller): a second
+        # leaf must not get the same array, or an in-place update of one gradient (weight
+        # decay, clipping) would silently change the other, as `a + b` would otherwise do.
+        handed_out = set() if grad_given is None else {id(grad)}
         for node in reversed(order):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
             if node._backward is None:  # a leaf: accumulate
-                node.grad = g if node.grad is None else node.grad + g
+                if node.grad is not None:
+                    node.grad = node.grad + g
+                    continue
+                if id(g) in handed_out or not _owns_memory(g):
+                    g = g.copy()  # e.g. a read-only broadcast view from sum's backward
+                handed_out.add(id(g))
+                node.grad = g
                 continue
             pgs = node._backward(g)
             if not isinstance(pgs, (tuple, list)) or len(pgs) != len(node._parents):
@@ -570,6 +581,13 @@ class Tensor:
                 key = id(parent)
                 prev = grads.get(key)
                 grads[key] = pg if prev is None else prev + pg
+
+
+def _owns_memory(a) -> bool:
+    """True when `a` is a writeable array with its own buffer (not a view of another)."""
+    flags = getattr(a, "flags", None)
+    writeable = True if flags is None else bool(getattr(flags, "writeable", True))
+    return writeable and getattr(a, "base", None) is None
 
 
 def _topological_order(root):

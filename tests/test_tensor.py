@@ -302,3 +302,17 @@ def test_cross_entropy_rejects_labels_out_of_range(bad):
         F.cross_entropy(z, labels)
     with pytest.raises(IndexError):  # PyTorch refuses the same labels
         torch.nn.functional.cross_entropy(torch.zeros(3, 5), torch.tensor(labels))
+
+
+def test_leaf_gradients_are_writeable_and_never_shared():
+    a = mg.Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    b = mg.Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    (a + b).sum().backward()
+    assert a.grad is not b.grad and not np.shares_memory(a.grad, b.grad)
+    assert a.grad.flags.writeable and b.grad.flags.writeable  # sum's grad is a broadcast view
+    a.grad *= 2.0                                             # an in-place update of one ...
+    np.testing.assert_array_equal(b.grad, np.ones((2, 3), np.float32))  # ... leaves the other
+    g = np.full((2, 3), 3.0, np.float32)
+    a.grad = None
+    a.backward(g)
+    assert not np.shares_memory(a.grad, g)                    # the caller's array is not kept
