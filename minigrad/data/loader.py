@@ -4,14 +4,29 @@
                 rng([seed, epoch])     [i*B:(i+1)*B]    ≤ prefetch in flight      (consumer)
 
 Why threads and not processes: assembling a batch is NumPy fancy indexing plus an optional
-``transform`` (normalisation, a copy to the GPU), which spend their time in C code that
-releases the GIL; threads share the dataset without pickling it, and start in microseconds.
+``transform`` (normalisation, augmentation, a copy to the GPU), which spend their time in C
+code or ``nogil`` Numba kernels that release the GIL; threads share the dataset without
+pickling it, and start in microseconds.
+
+When threads pay off: only when a batch costs more than handing it to a thread. Indexing
+and normalising an MNIST batch of 64 does not (docs/figures/loader.png: the calling thread
+alone loads 61k batches/s, 1-8 threads 17-26k); augmenting it (shift, rotation, elastic
+distortion: milliseconds per batch, ``minigrad.data.transforms``) does. So the default
+``num_workers`` comes from the thread budget (``minigrad.threads.plan``): 0 for a
+deterministic transform, loader threads for a random one.
 
 Design choices, in the order a reader meets them:
 
 * **Order.** Epoch ``e`` visits the samples in ``np.random.default_rng([seed, e]).permutation(n)``:
   the order depends on ``(seed, e)`` only, never on how many batches were drawn before, so a
   run resumed with ``set_epoch(e)`` sees exactly the batches it would have seen.
+* **Random transforms.** A transform with ``random = True`` (augmentation) is called as
+  ``transform(batch, rng)`` with ``rng = batch_rng(seed, e, i)``, a generator that depends
+  on the seed, the epoch and the batch's position only: whichever thread assembles batch
+  ``i``, and however many there are, it is augmented the same way.
+* **Threads per worker.** Each worker thread starts by limiting its own Numba kernels to
+  ``worker_numba_threads`` threads (default 1; Numba's count is per thread): a loader thread
+  is a helper beside the training thread, which owns the cores (``minigrad.threads``).
 * **Pool lifetime.** One ``ThreadPoolExecutor`` per *loader*, created on the first epoch and
   reused by every later one. Creating a pool per epoch would start ``num_workers`` threads
   every epoch; for a small dataset (iris: 2 batches per epoch) that start-up would cost more
@@ -44,6 +59,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .transforms import batch_rng, is_random
+
 __all__ = ["DataLoader", "DataLoaderError"]
 
 Batch = tuple  # a tuple of arrays, one per dataset field: (x, y, ...)
@@ -73,8 +90,10 @@ class _ArrayDataset:
         return tuple(a[index] for a in self.arrays)
 
 
-def _assemble(dataset, index: np.ndarray, transform: Callable | None) -> Batch:
+def _assemble(dataset, index: np.ndarray, transform: Callable | None,
+              key: tuple[int, int, int] | None) -> Batch:
     """One batch: gather the rows ``index`` of every field, then ``transform`` (worker side).
+    ``key`` is (seed, epoch, batch number) for a random transform, else None.
 
     A module-level function, not a method, so that a queued or running job holds the dataset
     but not the loader; the loader can then be garbage collected while jobs are pending.
@@ -85,8 +104,15 @@ def _assemble(dataset, index: np.ndarray, transform: Callable | None) -> Batch:
     elif not isinstance(batch, tuple):
         batch = tuple(batch)
     if transform is not None:
-        batch = transform(batch)
+        batch = transform(batch) if key is None else transform(batch, batch_rng(*key))
     return batch
+
+
+def _start_worker(numba_threads: int) -> None:
+    """Runs first in each worker thread: its Numba kernels get `numba_threads` threads."""
+    from .. import threads
+
+    threads.set_numba_threads(numba_threads)
 
 
 def _shutdown(pool: cf.ThreadPoolExecutor, wait: bool) -> None:
@@ -107,12 +133,18 @@ class DataLoader:
             if False, in index order every epoch.
         seed: the shuffle seed.
         num_workers: threads assembling batches. ``0`` assembles them in the calling thread,
-            with no pool at all.
+            with no pool at all. ``None``: the thread budget's choice,
+            ``minigrad.threads.plan(augment=<transform is random>).loader_workers`` (0 for
+            a deterministic transform, unless $MINIGRAD_LOADER_WORKERS says otherwise).
         prefetch: most batches submitted but not yet consumed; default ``2 * num_workers``.
             Ignored when ``num_workers == 0``.
         drop_last: drop the last, partial batch of each epoch.
         transform: ``transform(batch_tuple) -> batch_tuple``, run on each batch in the worker
-            (normalisation, augmentation, a copy to a device).
+            (normalisation, a copy to a device); a random one (``transform.random`` true,
+            e.g. ``transforms.mnist_augment()``) is called as ``transform(batch, rng)``, with
+            the batch's own generator ``transforms.batch_rng(seed, epoch, i)``.
+        worker_numba_threads: Numba threads for the kernels each worker thread runs
+            (default 1: the training thread owns the cores).
 
     Each ``iter(loader)`` (each ``for`` loop) is one epoch: it uses the loader's current
     epoch number and then advances it; ``set_epoch(e)`` chooses the next one. Batches come
@@ -127,10 +159,11 @@ class DataLoader:
         batch_size: int = 64,
         shuffle: bool = True,
         seed: int = 0,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         prefetch: int | None = None,
         drop_last: bool = False,
-        transform: Callable[[Batch], Batch] | None = None,
+        transform: Callable[..., Batch] | None = None,
+        worker_numba_threads: int = 1,
     ):
         if isinstance(dataset, (tuple, list)):
             dataset = _ArrayDataset(dataset)
@@ -139,6 +172,10 @@ class DataLoader:
                 "DataLoader: dataset must be a tuple of arrays (X, y, ...) or an object with "
                 f"__len__ and __getitem__(index_array) -> tuple of arrays; got {type(dataset)}"
             )
+        if num_workers is None:
+            from .. import threads
+
+            num_workers = threads.plan(augment=is_random(transform)).loader_workers
         if int(batch_size) < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         if int(num_workers) < 0:
@@ -147,6 +184,9 @@ class DataLoader:
             prefetch = 2 * num_workers
         if num_workers > 0 and int(prefetch) < 1:
             raise ValueError(f"DataLoader: prefetch must be >= 1, got {prefetch}")
+        if int(worker_numba_threads) < 1:
+            raise ValueError("DataLoader: worker_numba_threads must be >= 1, got "
+                             f"{worker_numba_threads}")
 
         self.dataset = dataset
         self.batch_size = int(batch_size)
@@ -156,6 +196,7 @@ class DataLoader:
         self.prefetch = int(prefetch)
         self.drop_last = bool(drop_last)
         self.transform = transform
+        self.worker_numba_threads = int(worker_numba_threads)
 
         self.epoch = 0  # the epoch the next iter() will run
         self.wait_seconds = 0.0  # consumer blocked on the loader, current/last epoch
@@ -195,12 +236,16 @@ class DataLoader:
             return self._serial(epoch, chunks)
         return self._threaded(epoch, chunks, self._get_pool())
 
+    def _key(self, epoch: int, i: int) -> tuple[int, int, int] | None:
+        """What a random transform's generator for batch i is made from; None otherwise."""
+        return (self.seed, epoch, i) if is_random(self.transform) else None
+
     def _serial(self, epoch: int, chunks: list[np.ndarray]) -> Iterator[Batch]:
         dataset, transform = self.dataset, self.transform
         for i, index in enumerate(chunks):
             t0 = time.perf_counter()
             try:
-                batch = _assemble(dataset, index, transform)
+                batch = _assemble(dataset, index, transform, self._key(epoch, i))
             except Exception as e:
                 raise self._error(i, epoch, e) from e
             self.wait_seconds += time.perf_counter() - t0
@@ -219,7 +264,8 @@ class DataLoader:
         def submit() -> None:
             nonlocal submitted
             try:
-                future = pool.submit(_assemble, dataset, chunks[submitted], transform)
+                future = pool.submit(_assemble, dataset, chunks[submitted], transform,
+                                     self._key(epoch, submitted))
             except RuntimeError:  # "cannot schedule new futures after shutdown"
                 raise closed() from None
             in_flight.append(future)
@@ -259,7 +305,10 @@ class DataLoader:
     def _get_pool(self) -> cf.ThreadPoolExecutor:
         if self._pool is None:
             self._pool = cf.ThreadPoolExecutor(
-                max_workers=self.num_workers, thread_name_prefix="minigrad-loader"
+                max_workers=self.num_workers,
+                thread_name_prefix="minigrad-loader",
+                initializer=_start_worker,
+                initargs=(self.worker_numba_threads,),
             )
             # Safety net for a loader nobody closed. It must not hold `self`, and it may run
             # in any thread (even a worker), so it must not join: wait=False.

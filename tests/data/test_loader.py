@@ -24,9 +24,9 @@ def batches(loader):
 
 def assert_same_batches(a, b):
     assert len(a) == len(b)
-    for ba, bb in zip(a, b):
+    for ba, bb in zip(a, b, strict=True):
         assert len(ba) == len(bb)
-        for xa, xb in zip(ba, bb):
+        for xa, xb in zip(ba, bb, strict=True):
             np.testing.assert_array_equal(xa, xb)
 
 
@@ -355,3 +355,62 @@ def test_wait_seconds_measures_time_blocked_on_the_loader(num_workers):
         next(it)
         assert loader.wait_seconds > 0.0
         it.close()
+
+
+# ---- threads: the default number of workers, and each worker's Numba budget -------------------
+class CoinFlip:
+    """A random transform: adds a per-batch random number drawn from the loader's rng."""
+
+    random = True
+
+    def __call__(self, batch, rng):
+        xb, yb = batch
+        return xb + np.float32(rng.random()), yb
+
+
+def test_default_workers_come_from_the_thread_budget(monkeypatch):
+    from minigrad import threads
+
+    monkeypatch.delenv(threads.ENV_LOADER, raising=False)
+    X, y = make_data(10)
+    assert DataLoader((X, y)).num_workers == 0  # no transform: nothing worth a thread
+    expected = threads.plan(augment=True).loader_workers
+    assert expected >= 1
+    assert DataLoader((X, y), transform=CoinFlip()).num_workers == expected
+    monkeypatch.setenv(threads.ENV_LOADER, "3")
+    assert DataLoader((X, y)).num_workers == 3
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 3])
+def test_random_transform_gets_the_batch_s_own_generator(num_workers):
+    from minigrad.data.transforms import batch_rng
+
+    X, y = make_data(40)
+    with DataLoader((X, y), batch_size=8, seed=4, num_workers=num_workers,
+                    transform=CoinFlip()) as loader:
+        for epoch in range(2):
+            for i, (xb, yb) in enumerate(loader):
+                offset = np.float32(batch_rng(4, epoch, i).random())
+                np.testing.assert_array_equal(xb, X[yb] + offset)
+
+
+@pytest.mark.parametrize("worker_numba_threads", [1, 2])
+def test_worker_threads_run_their_kernels_on_their_own_numba_budget(worker_numba_threads):
+    import numba
+
+    seen = []
+
+    def record_threads(batch):
+        seen.append(numba.get_num_threads())
+        return batch
+
+    expected = min(worker_numba_threads, numba.config.NUMBA_NUM_THREADS)
+    before = numba.get_num_threads()
+    X, y = make_data(40)
+    with DataLoader((X, y), batch_size=4, num_workers=2, transform=record_threads,
+                    worker_numba_threads=worker_numba_threads) as loader:
+        list(loader)
+    assert seen and set(seen) == {expected}
+    assert numba.get_num_threads() == before  # the calling thread's budget is untouched
+    with pytest.raises(ValueError, match="worker_numba_threads"):
+        DataLoader((X, y), worker_numba_threads=0)
