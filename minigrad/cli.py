@@ -1,9 +1,11 @@
 """The `minigrad` command: train, info, plot, explain, compress.
 
-    minigrad train iris [--epochs 100 --batch-size 64 --lr 1e-3 --optimizer adam --workers 4]
+    minigrad train iris [--epochs 100 --batch-size 64 --lr 1e-3 --optimizer adam]
     minigrad train iris --json          # ends the output with one JSON summary object
+    minigrad train mnist --augment      # random shifts, rotations, elastic distortions
+    minigrad train mnist --threads 2    # use 2 cores (default: all; see minigrad.threads)
     minigrad train mnist --log run.jsonl --log-interval 50   # the history, as it goes
-    minigrad info                       # versions, Numba threads and layer, CuPy/GPU
+    minigrad info                       # versions, the thread budget, Numba layer, GPU
     minigrad plot results.json --out DIR  # speedup, GFLOP/s, workspace ... figures
     minigrad explain im2col [--text]    # draw how a small convolution is lowered
     minigrad compress ck.npz --method tucker2 --ratio 4 --out small.npz   # factor the convs
@@ -59,6 +61,16 @@ training log (--log FILE.jsonl): one JSON object per line, flushed as training g
   "start" (config), "step" (every --log-interval steps), "epoch", "diverged", "end" (the
   --json summary). A new run truncates FILE; a run with --resume appends to it.
   minigrad.train.read_log(FILE) reads it back.
+
+threads (--threads N, --workers N; see minigrad.threads):
+  One budget decides how many threads each part of the run may use: N cores (--threads,
+  else $MINIGRAD_THREADS, else all this process may run on), split between the MPI ranks on
+  this host, then between the training workers (--strategy), each running its kernels on
+  max(1, cores // workers) Numba threads. Without --strategy, --workers is the number of
+  data-loader threads, by default 0 for a deterministic transform (normalising a batch
+  costs less than handing it to a thread) and one per 8 cores, at least 1, with --augment;
+  $MINIGRAD_LOADER_WORKERS overrides that default. `minigrad info` shows the plan, and the
+  --json summary's "threads" records it.
 
 exit status: 0 done, 2 a usage or data error (one line on stderr), 3 the loss diverged.
 """
@@ -116,9 +128,10 @@ def _flag(dest):
 def validate_train(args):
     """Raise CLIError for a value or combination that cannot work or would be ignored."""
     for name, low, example in (("epochs", 1, "10"), ("batch_size", 1, "64"),
-                               ("workers", 0, "0 (load batches in the training thread)")):
-        value = getattr(args, name)
-        if value < low:
+                               ("workers", 0, "0 (load batches in the training thread)"),
+                               ("threads", 1, "2 (or leave it out to use every core)")):
+        value = getattr(args, name, None)
+        if value is not None and value < low:
             what = "positive" if low else "zero or more"
             raise CLIError(f"{_flag(name)} must be {what} (got {value}); e.g. "
                            f"{_flag(name)} {example}")
@@ -144,6 +157,9 @@ def validate_train(args):
     if args.log is None and (args.log_interval or args.run is not None):
         raise CLIError(f"{'--log-interval' if args.log_interval else '--run'} applies to the "
                        "training log, and there is none; add --log FILE.jsonl")
+    if args.task == "iris" and getattr(args, "augment", False):
+        raise CLIError("--augment applies to mnist images (shift, rotation, elastic "
+                       "distortion), not to iris measurements; drop --augment")
     if args.task == "iris" and args.conv is not None:
         raise CLIError("--conv does not apply to iris (its model has no convolutions); drop "
                        "--conv")
@@ -200,16 +216,29 @@ def _checkpoint_hint(e):
             "a new run without --resume")
 
 
-def _summary_head(args):
+def _thread_plan(args):
+    """The thread budget of single-process training (minigrad.threads): one training thread,
+    the loader threads --workers asks for, else the budget's choice."""
+    from . import threads
+
+    try:
+        return threads.plan(1, loader_workers=args.workers, cores=args.threads,
+                            augment=args.augment)
+    except ValueError as e:  # e.g. $MINIGRAD_THREADS=abc
+        raise CLIError(f"thread budget: {e}; fix it, or pass --threads N") from e
+
+
+def _summary_head(args, plan):
     from . import config
 
     head = {"task": args.task, "model": args.model or default_model(args.task),
             "optimizer": args.optimizer, "lr": args.lr, "lr_schedule": args.lr_schedule,
             "momentum": args.momentum if args.optimizer == "sgd" else None,
-            "batch_size": args.batch_size, "workers": args.workers, "seed": args.seed,
+            "batch_size": args.batch_size, "workers": plan.loader_workers, "seed": args.seed,
             "device": args.device, "limit": args.limit, "val_split": args.val_split,
             "eval_limit": args.eval_limit,
-            "conv": (args.conv or config.conv_algo) if args.task == "mnist" else None}
+            "conv": (args.conv or config.conv_algo) if args.task == "mnist" else None,
+            "augment": args.augment, "threads": plan.as_dict()}
     return head
 
 
@@ -219,6 +248,7 @@ def cmd_train(args):
         from .distributed import cli as distributed_cli
 
         return distributed_cli.cmd_train(args)
+    from . import threads
     from .checkpoint import CheckpointError, check_writable
     from .data.loader import DataLoader
     from .tasks import split_validation
@@ -237,6 +267,7 @@ def cmd_train(args):
         except CheckpointError as e:
             raise CLIError(f"--save: {e}; choose a path in a writable directory") from e
     resume_meta = _check_resume(args) if args.resume is not None else None
+    plan = _thread_plan(args)
 
     if args.progress:
         from tqdm import tqdm
@@ -246,7 +277,7 @@ def cmd_train(args):
     else:
         note = _say
     log = _say if args.json else print
-    head = _summary_head(args)
+    head = _summary_head(args, plan)
     t0 = time.perf_counter()
     with announce_compilation(note):
         task = task_from_args(args)
@@ -266,9 +297,15 @@ def cmd_train(args):
             X_test, y_test = X_test[:args.eval_limit], y_test[:args.eval_limit]
         optimizer = make_optimizer(args.optimizer, task.model.parameters(), args.lr,
                                    momentum=args.momentum)
+        train_transform = task.transform
+        if args.augment:  # training batches only: evaluation keeps task.transform
+            from .data.transforms import mnist_augment
+
+            train_transform = mnist_augment()
         loader = DataLoader(train_data, batch_size=args.batch_size, shuffle=True,
-                            seed=args.seed, num_workers=args.workers,
-                            transform=task.transform)
+                            seed=args.seed, num_workers=plan.loader_workers,
+                            transform=train_transform,
+                            worker_numba_threads=plan.numba_threads_per_loader)
         train_log = None
         if args.log is not None:
             try:
@@ -277,8 +314,9 @@ def cmd_train(args):
                 raise CLIError(f"--log: cannot write {args.log}: {e.strerror or e}; choose a "
                                "path in a writable directory") from e
         try:
-            return _train(args, task, optimizer, loader, (X_test, y_test), val_data, head,
-                          train_log, log, t0)
+            with threads.limits(plan):  # BLAS and this thread's Numba kernels: the budget
+                return _train(args, task, optimizer, loader, (X_test, y_test), val_data,
+                              head, train_log, log, t0)
         finally:
             if train_log is not None:
                 train_log.close()
@@ -341,8 +379,13 @@ def _train(args, task, optimizer, loader, test_data, val_data, head, train_log, 
 def cmd_info(args):
     import numba
 
-    from . import __version__, kernels
+    from . import __version__, kernels, threads
     from .backend import gpu_available
+
+    try:
+        plan = threads.plan()
+    except ValueError as e:  # e.g. $MINIGRAD_THREADS=abc
+        raise CLIError(f"thread budget: {e}; fix the environment variable") from e
 
     lines = [f"minigrad {__version__}", f"python {platform.python_version()}",
              f"numpy {np.__version__}", f"numba {numba.__version__}"]
@@ -352,13 +395,15 @@ def cmd_info(args):
         lines.append(f"torch {torch.__version__} (reference only)")
     except ImportError:
         lines.append("torch not installed (only needed for tests and benchmarks)")
-    for lib, version, arch, threads in kernels.blas_info():
-        lines.append(f"blas {lib} {version}, {arch} kernels, {threads} threads")
+    for lib, version, arch, n_threads in kernels.blas_info():
+        lines.append(f"blas {lib} {version}, {arch} kernels, {n_threads} threads")
     gemm = kernels.gemm_info()
     lines.append(f"gemm: float32 products on {gemm['float32']}, float64 on {gemm['float64']} "
                  f"(MINIGRAD_GEMM={gemm['mode']}, AVX-512 {'yes' if gemm['avx512'] else 'no'})")
     lines.append(f"numba threads {numba.get_num_threads()}, threading layer "
                  f"{kernels.threading_layer()}")
+    lines.append(f"threads: {plan.describe()}")
+    lines += [f"threads: note: {note}" for note in plan.notes]
     ok, why = gpu_available()
     lines.append(f"cupy/gpu: {'usable' if ok else 'not usable'} ({why})")
     print("\n".join(lines))
@@ -368,6 +413,7 @@ def cmd_info(args):
 # ---- the parser ----------------------------------------------------------------------------
 def build_parser():
     from . import kernels
+    from .distributed import cli as distributed_cli
     from .train import LR_SCHEDULES
 
     p = _Parser(prog="minigrad", description=__doc__.split("\n")[0])
@@ -390,8 +436,19 @@ def build_parser():
                    help="learning rate per epoch (rules below)")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                    help="sgd uses --momentum")
-    t.add_argument("--workers", type=int, default=4,
-                   help="data-loader threads; with --strategy, training workers")
+    t.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="data-loader threads (default: the thread budget's choice, 0 for a "
+                        "deterministic transform, 1 per 8 cores, at least 1, with "
+                        "--augment); with --strategy, training workers (default: "
+                        f"{distributed_cli.DEFAULT_WORKERS})")
+    t.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="cores to use on this host (default: $MINIGRAD_THREADS, else all "
+                        "this process may run on), split between the MPI ranks on this "
+                        "host, then between the training workers")
+    t.add_argument("--augment", action="store_true",
+                   help="mnist: train on randomly shifted, rotated and elastically distorted "
+                        "images (minigrad.data.transforms.mnist_augment); evaluation is not "
+                        "augmented")
     t.add_argument("--seed", type=int, default=0,
                    help="initial weights and batch order (0 or more)")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -422,8 +479,6 @@ def build_parser():
                    help="a progress bar per epoch (default: on when stderr is a terminal)")
     t.add_argument("--debug", action="store_true",
                    help="show the traceback of an error (or set MINIGRAD_DEBUG=1)")
-    from .distributed import cli as distributed_cli
-
     distributed_cli.add_arguments(t)
     t.set_defaults(func=cmd_train)
 

@@ -13,8 +13,14 @@
 `--resume PATH` continues from one, with the same strategy, ranks, seed and batch size
 (see `minigrad.distributed.checkpoint`).
 
-`--workers` is the number of training workers (with --comm mpi, mpiexec's -n decides:
-async then has a server and n-1 workers). sync runs the chosen `--optimizer` on the
+`--workers` is the number of training workers, DEFAULT_WORKERS (2) when not given: a number
+that does not depend on the machine, since hogwild, async and DGC results depend on it
+(with --comm mpi, mpiexec's -n decides: async then has a server and n-1 workers). The
+workers share the cores (`--threads`, else $MINIGRAD_THREADS, else all this process may
+use) through the thread budget, `minigrad.threads`: each runs its kernels on
+max(1, cores // workers) Numba threads. `--augment` (MNIST) trains every worker on its own
+randomly shifted, rotated and distorted slice (`ShardedBatches`); evaluation is not
+augmented. sync runs the chosen `--optimizer` on the
 averaged gradient, so it is single-worker training split N ways; hogwild, async and dgc
 update with SGD by construction (hogwild: plain SGD per thread; async: plain SGD on the
 server, rate divided by staleness; dgc: momentum-corrected SGD), so they need
@@ -31,6 +37,8 @@ import sys
 from .dgc import CLIP_NORM, WARMUP_EPOCHS, WIRES
 from .launch import STRATEGIES, DistributedRunFailed, train_distributed
 
+DEFAULT_WORKERS = 2  # training workers when --strategy is given without --workers
+
 
 def add_arguments(parser):
     g = parser.add_argument_group("distributed training (minigrad.distributed)")
@@ -40,7 +48,8 @@ def add_arguments(parser):
     g.add_argument("--comm", choices=("threads", "mpi"), default="threads",
                    help="ranks as threads of this process, or MPI processes (mpiexec)")
     g.add_argument("--momentum", type=float, default=0.9,
-                   help="SGD momentum (sync with --optimizer sgd; dgc's momentum correction)")
+                   help="SGD momentum: --optimizer sgd without --strategy or with --strategy "
+                        "sync; dgc's momentum correction")
     g.add_argument("--staleness-aware", action=argparse.BooleanOptionalAction, default=True,
                    help="async: learning rate lr / max(1, staleness) (Zhang et al. 2016)")
     g.add_argument("--staleness-bound", type=int, default=None,
@@ -82,7 +91,8 @@ def add_arguments(parser):
     g.add_argument("--dgc-sample-ratio", type=float, default=0.01,
                    help="dgc: share of |v| sampled to estimate the threshold")
     g.add_argument("--eval-limit", type=int, default=None,
-                   help="evaluate on the first N test samples only")
+                   help="evaluate on the first N test samples only (with or without "
+                        "--strategy)")
     return parser
 
 
@@ -110,11 +120,16 @@ def check(args):
                 "--optimizer sgd and an SGD learning rate, e.g. --lr 0.05")
     if args.strategy == "hogwild" and args.comm == "mpi":
         return "--strategy hogwild shares memory between threads: use --comm threads"
-    if args.comm == "threads" and args.workers < 1:
+    if args.comm == "threads" and workers(args) < 1:
         return "--workers must be at least 1 with --strategy"
     if getattr(args, "device", "cpu") != "cpu":
         return "--strategy runs on the CPU only (--device cpu)"
     return None
+
+
+def workers(args):
+    """Training workers: --workers, else DEFAULT_WORKERS."""
+    return DEFAULT_WORKERS if args.workers is None else args.workers
 
 
 def run(args):
@@ -125,10 +140,16 @@ def run(args):
     if problem:
         raise ValueError(problem)
     model, train_data, test_data, transform = task_from_args(args)
+    train_transform = transform
+    if getattr(args, "augment", False):
+        from ..data.transforms import mnist_augment
+
+        train_transform = mnist_augment()
     log = (lambda s: print(s, file=sys.stderr)) if getattr(args, "json", False) else print
     summary = train_distributed(
-        args.strategy, model, train_data, test_data, transform=transform,
-        workers=args.workers, comm=args.comm, epochs=args.epochs, batch_size=args.batch_size,
+        args.strategy, model, train_data, test_data, transform=train_transform,
+        eval_transform=transform, workers=workers(args), comm=args.comm, epochs=args.epochs,
+        batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, seed=args.seed,
         staleness_aware=args.staleness_aware, staleness_bound=args.staleness_bound,
         timeout=args.ps_timeout, ack_timeout=args.ack_timeout,
@@ -138,11 +159,13 @@ def run(args):
         dgc_wire=args.dgc_wire, dgc_momentum_masking=args.dgc_momentum_masking,
         faults=_faults(args), eval_limit=args.eval_limit, log=log,
         server_momentum=args.server_momentum, server_average=args.server_average,
-        save=args.save, resume=args.resume, task=args.task)
+        save=args.save, resume=args.resume, task=args.task,
+        cores=getattr(args, "threads", None))
     if summary is None:
         return None
     head = {"task": args.task, "optimizer": args.optimizer if args.strategy == "sync"
-            else "sgd", "seed": args.seed, "device": "cpu"}
+            else "sgd", "seed": args.seed, "device": "cpu",
+            "augment": bool(getattr(args, "augment", False))}
     if args.task == "mnist":
         head["conv"] = args.conv
     return {**head, **summary}

@@ -4,7 +4,8 @@ Data. All strategies walk the *same* global batch order as single-worker trainin
 `DataLoader` permutation of epoch e, `default_rng([seed, e]).permutation(n)`, cut into
 global batches of `batch_size`. Worker w of W takes the w-th contiguous slice of each global
 batch (`np.array_split(batch, W)[w]`), so the W slices together are exactly the batch one
-worker would have used.
+worker would have used. A random transform (augmentation) gets each slice's own generator,
+`batch_rng(seed, epoch, step, shard)`, as the DataLoader gives each batch one.
 
     global batch  [ i0 i1 i2 i3 i4 i5 i6 i7 ]       batch_size 8, W = 3
     worker 0      [ i0 i1 i2 ]
@@ -24,6 +25,7 @@ import numpy as np
 
 from .. import functional as F
 from ..data.loader import DataLoader
+from ..data.transforms import batch_rng, is_random
 from ..tensor import Tensor
 
 
@@ -33,7 +35,7 @@ class ShardedBatches:
     def __init__(self, train_data, batch_size, seed, shard, num_shards, transform=None):
         self.X, self.y = train_data
         self.batch_size, self.shard, self.num_shards = batch_size, shard, num_shards
-        self.transform = transform
+        self.transform, self.seed = transform, seed
         # The loader is used for its order only (one definition of "epoch e's order").
         self.loader = DataLoader((self.X, self.y), batch_size=batch_size, shuffle=True,
                                  seed=seed, num_workers=0)
@@ -60,8 +62,17 @@ class ShardedBatches:
                 continue
             xb, yb = self.X[mine], self.y[mine]
             if self.transform is not None:
-                xb, yb = self.transform((xb, yb))
+                xb, yb = self._apply(epoch, step, (xb, yb))
             yield step, xb, yb, len(batch)
+
+    def _apply(self, epoch, step, batch):
+        """The transform; a random one (augmentation) draws from this slice's own generator,
+        `batch_rng(seed, epoch, step, shard)`: a function of where the slice is in the run,
+        never of which thread or process computes it or when, so a resumed run sees the
+        same augmented images."""
+        if is_random(self.transform):
+            return self.transform(batch, batch_rng(self.seed, epoch, step, self.shard))
+        return self.transform(batch)
 
 
 def compute_gradients(model, xb, yb):

@@ -14,6 +14,19 @@ function returns rank 0's summary. Under MPI every process calls this function w
 own model (built with the same seed, and rank 0's values are broadcast anyway); rank 0
 returns the summary, the other ranks return None.
 
+Threads. Each process asks `minigrad.threads` for its budget (`thread_plan`): with threads,
+`workers` training threads share this process's cores, each running its Numba kernels on
+max(1, cores // workers) threads (every worker thread sets its own count first: `budgeted`),
+and BLAS gets one thread; under MPI the host's cores are split between its ranks first.
+`cores` (the --threads flag) overrides the cores to share. The summary's "threads" is the
+plan (`ThreadPlan.as_dict()`), and "images_per_second" the images trained on per second of
+training, all workers together. (async on threads: the server is one more thread, mostly
+waiting for messages, and is not counted as a worker.)
+
+Transforms. `transform` is applied to every training slice (a random one, augmentation, with
+the slice's own generator: `ShardedBatches`); `eval_transform` to the test set (default:
+`transform`; a random `transform` needs one, since a test set is not augmented).
+
 Evaluation. sync and DGC replicas are identical, so each rank scores its share of the test
 set and the counts are added (`sharded_evaluate`); async's model lives on the server, which
 scores it; Hogwild's one shared model is scored once.
@@ -42,12 +55,15 @@ Failures.
   Either way, resume from the last checkpoint: at most the epoch in progress is lost.
 """
 import contextlib
+import functools
 import os
 import sys
 import time
 
 import numpy as np
 
+from .. import threads
+from ..data.transforms import is_random
 from ..train import evaluate, make_optimizer
 from .common import Faults, ShardedBatches, replica, sharded_evaluate
 from .dgc import CLIP_NORM, WARMUP_EPOCHS
@@ -62,9 +78,10 @@ class DistributedRunFailed(RuntimeError):
 def one_blas_thread():
     """Limit BLAS (OpenBLAS/MKL) to one thread while several ranks share the machine.
 
-    The ranks are the parallelism. Left alone, every rank's matmul starts BLAS's own thread
-    pool; N ranks x BLAS threads on a few cores then fight (OpenBLAS threads spin-wait),
-    measured here as 4 sync workers taking 76 s for what one BLAS thread each does in 2 s.
+    Superseded by the thread budget (`minigrad.threads`: `plan()` and `limits(plan)`, which
+    gives BLAS one thread whenever several workers share the process); kept for callers
+    that have not moved to it yet. Measured here: 4 sync workers took 76 s with OpenBLAS's
+    own pool and 2 s with one BLAS thread each.
     """
     try:
         from threadpoolctl import threadpool_limits
@@ -73,13 +90,52 @@ def one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def thread_plan(workers, comm="threads", cores=None):
+    """The thread budget of one process of a distributed run (`minigrad.threads.plan`).
+
+    With threads, this process runs `workers` training threads; under MPI it runs one, and
+    the host's cores are first split between the ranks on it. Under MPI every rank must
+    call this: counting the ranks on a host may be a collective operation (a shared-memory
+    split of COMM_WORLD), which needs MPI initialised, so MPI is initialised here first.
+    """
+    if comm == "mpi":
+        from .comm_mpi import MPIComm
+
+        MPIComm()  # imports mpi4py, which initialises MPI (a clear error without mpi4py)
+    return threads.plan(workers=workers if comm == "threads" else 1, cores=cores)
+
+
+def _is_root(comm):
+    """Rank 0 of an MPI run, or the one process of a threads run."""
+    if comm == "threads":
+        return True
+    from .comm_mpi import MPIComm
+
+    return MPIComm().rank == 0
+
+
+def budgeted(plan, fn):
+    """`fn(comm)` as a thread worker that first takes its share of the budget.
+
+    Numba's thread count belongs to the calling thread, so each worker thread sets its own
+    (`threads.apply_in_worker`): W workers x plan.numba_threads_per_worker Numba threads,
+    never W x every core. Wrap every function handed to `launch_threads` with it.
+    """
+    @functools.wraps(fn)
+    def worker(c):
+        threads.apply_in_worker(plan)
+        return fn(c)
+    return worker
+
+
 _STATS_KEYS = ("bytes_sent", "dense_bytes", "bytes_moved", "dense_moved",
                "sent_bytes_final", "dense_bytes_final", "moved_bytes_final",
                "dense_moved_final", "loss_sum", "correct", "seen", "steps", "clipped_steps",
                "threshold_fallbacks", "threshold_selections")
 
 
-def train_distributed(strategy, model, train_data, test_data, *, transform=None, workers=4,
+def train_distributed(strategy, model, train_data, test_data, *, transform=None,
+                      eval_transform=None, workers=4,
                       comm="threads", epochs=1, batch_size=64, lr=0.05, optimizer="sgd",
                       momentum=0.9, seed=0, staleness_aware=True, staleness_bound=None,
                       timeout=30.0, ack_timeout=10.0, drain_timeout=None,
@@ -87,7 +143,7 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
                       dgc_clip_norm=CLIP_NORM, dgc_sample_ratio=0.01, dgc_wire="fp16",
                       dgc_momentum_masking=True, faults=None, eval_limit=None, log=None,
                       details=False, server_momentum=0.0, server_average=100, save=None,
-                      resume=None, task=None):
+                      resume=None, task=None, cores=None):
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: expected one of {STRATEGIES}")
     if comm not in ("threads", "mpi"):
@@ -96,6 +152,11 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
         raise ValueError("hogwild shares one model's memory between threads: use "
                          "--comm threads (processes under MPI share no memory)")
     faults = faults or Faults()
+    if eval_transform is None:
+        if is_random(transform):
+            raise ValueError("a random (augmenting) transform needs an eval_transform for "
+                             "the test set, e.g. mnist_normalize")
+        eval_transform = transform  # the test set is transformed like the training set
     X_test, y_test = test_data
     if eval_limit:
         X_test, y_test = X_test[:eval_limit], y_test[:eval_limit]
@@ -169,7 +230,8 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
             stats = algo.train(epochs, log_, start_epoch=start,
                                on_epoch_end=saver(c, own_model, opt, batches, algo))
             stats["start_epoch"] = start
-            stats["test_accuracy"] = sharded_evaluate(c, own_model, X_test, y_test, transform)
+            stats["test_accuracy"] = sharded_evaluate(c, own_model, X_test, y_test,
+                                                      eval_transform)
             return stats
         if strategy == "async":
             return _async_rank(c, own_model)
@@ -210,16 +272,23 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
             server.load_state(shared)
         report = server.serve()
         report["start_epoch"] = start
-        report["test_accuracy"] = evaluate(own_model, X_test, y_test, transform=transform)
+        report["test_accuracy"] = evaluate(own_model, X_test, y_test,
+                                           transform=eval_transform)
         return report
 
     # -- run the ranks ---------------------------------------------------------------------
+    plan = thread_plan(workers, comm, cores)  # on every rank (see thread_plan)
+    if log is not None and _is_root(comm):
+        log(f"[{strategy}] threads: {plan.describe()}")
+        for note in plan.notes:
+            log(f"[{strategy}] threads: note: {note}")
     t0 = time.perf_counter()
-    with one_blas_thread():
+    with threads.limits(plan):  # BLAS for the process, Numba for this (the main) thread
         if comm == "threads":
             results, size = _run_threads(strategy, workers, model, make_batches, rank_main,
                                          epochs, lr, log, faults, resume, save, saver,
-                                         restore, progress, X_test, y_test, transform)
+                                         restore, progress, X_test, y_test, eval_transform,
+                                         plan)
             is_root = True
         else:
             results, size, is_root = _run_mpi(strategy, rank_main, model, save, progress)
@@ -228,6 +297,7 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
         return None
     summary = _summarise(strategy, results, size, epochs)
     summary["wall_seconds"] = wall
+    summary["threads"] = plan.as_dict()
     if details:  # per-rank results (threads: a failed rank's entry is its exception)
         summary["details"] = results
     summary.update(strategy=strategy, comm=comm, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -250,8 +320,9 @@ def _failure_message(strategy, rank, size, err, save, progress, how):
 
 
 def _run_threads(strategy, workers, model, make_batches, rank_main, epochs, lr, log, faults,
-                 resume, save, saver, restore, progress, X_test, y_test, transform):
-    """Ranks as threads; (per-rank results, number of ranks)."""
+                 resume, save, saver, restore, progress, X_test, y_test, eval_transform,
+                 plan):
+    """Ranks as threads, each within its share of `plan`; (per-rank results, ranks)."""
     from .comm_threads import ThreadGroup, launch_threads
 
     if strategy == "hogwild":
@@ -279,15 +350,17 @@ def _run_threads(strategy, workers, model, make_batches, rank_main, epochs, lr, 
             return {**stats, "start_epoch": start}
 
         try:
-            results = launch_threads(workers, body)
+            results = launch_threads(workers, budgeted(plan, body))
         except RuntimeError as e:
             err = _thread_failure(strategy, e, workers, save, progress)
             raise err from (None if err is e.__cause__ else e.__cause__)
-        results[0]["test_accuracy"] = evaluate(model, X_test, y_test, transform=transform)
+        results[0]["test_accuracy"] = evaluate(model, X_test, y_test,
+                                               transform=eval_transform)
         return results, workers
     if strategy == "async":
         models = [replica(model) for _ in range(workers + 1)]
-        results = launch_threads(workers + 1, lambda c: rank_main(c, models[c.rank]),
+        results = launch_threads(workers + 1,
+                                 budgeted(plan, lambda c: rank_main(c, models[c.rank])),
                                  abort_on_error=False)
         if isinstance(results[0], BaseException):
             raise DistributedRunFailed(f"async: the parameter server failed "
@@ -297,7 +370,8 @@ def _run_threads(strategy, workers, model, make_batches, rank_main, epochs, lr, 
         return results, workers + 1
     models = [replica(model) for _ in range(workers)]
     try:
-        results = launch_threads(workers, lambda c: rank_main(c, models[c.rank]))
+        results = launch_threads(workers,
+                                 budgeted(plan, lambda c: rank_main(c, models[c.rank])))
     except RuntimeError as e:
         err = _thread_failure(strategy, e, workers, save, progress)
         raise err from (None if err is e.__cause__ else e.__cause__)
@@ -436,6 +510,8 @@ def _summarise(strategy, results, size, epochs):
         seen, correct, loss_sum = tot["seen"], tot["correct"], tot["loss_sum"]
     start = int(root.get("start_epoch", 0))
     out.update(train_seconds=train_seconds,
+               # images trained on per second, all workers together
+               images_per_second=seen / train_seconds if train_seconds else 0.0,
                seconds_per_epoch=train_seconds / max(epochs - start, 1),
                train_loss=loss_sum / seen if seen else None,
                train_accuracy=correct / seen if seen else None,

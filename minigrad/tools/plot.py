@@ -47,7 +47,12 @@ from extra_info, with these keys (the bench suites record them with
   gflops                number  flops / time / 1e9 (used when flops is absent)  gflops
   sgemm_gflops          number  NumPy's sgemm GFLOP/s, same run (a yardstick)  gflops
   workspace_bytes       int     kernels.workspace_bytes(algo, ...) (minigrad)  workspace
-  num_workers           int     data-loader threads (records of group "loader")  loader
+  num_workers           int     data-loader threads (groups "loader",            loader
+                                "loader-normalize", "loader-augment", "loader-stall-*")
+  transform             str     the loader's batch transform, one series each  loader
+                                ("normalize", "augment"; groups "loader-*")
+  stall_share           number  training time blocked on the loader / training  loader
+                                time, in [0, 1] (groups "loader-stall-*")
   batches               int     batches per round (throughput = batches / time)  loader
   batches_per_second    number  loader throughput, used when batches is absent  loader
   test_accuracy         number  in [0, 1], a training run's test accuracy    training, dgc
@@ -61,6 +66,11 @@ from extra_info, with these keys (the bench suites record them with
   seconds_per_step      number  training seconds / steps                     distributed
   bytes_per_step        number  bytes sent per step, summed over workers     distributed
   compression_ratio     number  dense bytes / bytes sent (DGC)               distributed
+  images_per_second     number  training images per second, all workers      scaling
+  time_to_target_s      number  training seconds until the test accuracy     scaling
+                                first reached target_accuracy (null: never)
+  target_accuracy       number  the accuracy aimed at, in [0, 1]             scaling
+  cores                 int     the machine's cores (affinity mask)          loader, scaling
 
 A training record is one with test_accuracy or task and none of layer, strategy or
 num_workers. Titles say what is compared and on what: dtype (conv figures), device, and the
@@ -76,13 +86,19 @@ Figures of one results file:
                and NumPy's sgemm measured in the same run as a yardstick line (labelled with
                its BLAS kernels; minigrad's own GEMM can beat it, so it is no ceiling)
   workspace    lowering workspace per algorithm and layer (MiB, log scale)
-  loader       loader throughput (batches/s) against num_workers
+  loader       loader throughput (batches/s) against num_workers, one line per engine
+               (group "loader") or per transform (groups "loader-normalize",
+               "loader-augment"); with groups "loader-stall-*", a second panel: the share
+               of training time stalled waiting for batches (stall_share) per transform
   training     time per run / per step and (where recorded) test accuracy, minigrad per
                algorithm vs PyTorch, one column per task
   dgc          test accuracy and bytes sent against gradient sparsity, per strategy
   distributed  seconds per step and MB sent per step per strategy (group
                "distributed-step-threads": extra_info strategy, seconds_per_step,
                bytes_per_step)
+  scaling      images/s against workers per strategy, and training seconds to the target
+               accuracy (group "scaling-threads": extra_info strategy, workers,
+               images_per_second, time_to_target_s, cores); the title gives the cores
 Layers are ordered by their FLOPs (smallest first), then by first appearance in the file.
 
 A figure whose records are absent is skipped and the reason printed. Its files from an
@@ -113,8 +129,10 @@ PASSES = ("forward", "forward+backward")
 NUMERIC_KEYS = ("flops", "gflops", "sgemm_gflops", "workspace_bytes", "num_workers",
                 "batches_per_second", "batches", "test_accuracy", "sparsity", "bytes_sent",
                 "workers", "steps", "seconds_per_step", "bytes_per_step",
-                "compression_ratio")
-FIGURES = ("speedup", "gflops", "workspace", "loader", "training", "dgc", "distributed")
+                "compression_ratio", "stall_share", "images_per_second", "time_to_target_s",
+                "cores", "target_accuracy")
+FIGURES = ("speedup", "gflops", "workspace", "loader", "training", "dgc", "distributed",
+           "scaling")
 FAST_BACKENDS = ("numba", "cupy")      # the speed contenders; numpy is the reference
 STALE_FORMATS = ("png", "svg", "pdf")  # deleted for a skipped figure, with the requested ones
 STRATEGY_ORDER = ("sync", "hogwild", "async", "dgc")
@@ -676,11 +694,48 @@ def fig_workspace(records, info=None):
     return fig
 
 
+LOADER_GROUPS = ("loader", "loader-normalize", "loader-augment")   # throughput records
+STALL_GROUP_PREFIX = "loader-stall-"   # training stall records: extra_info stall_share
+TRANSFORM_COLORS = {"normalize": "tab:blue", "augment": "tab:orange"}
+
+
+def _loader_series(r):
+    """A loader record's series: (label, color). Group "loader": one per engine; groups
+    "loader-<transform>" and "loader-stall-<transform>": one per extra_info transform."""
+    e = r["extra"]
+    eng = str(e.get("engine", "minigrad"))
+    if r["group"] == "loader":
+        if eng == "pytorch":
+            return "PyTorch DataLoader", PYTORCH_COLOR
+        return f"{eng} DataLoader", "tab:green"
+    t = str(e.get("transform") or r["group"].rsplit("-", 1)[-1])
+    return (f"{t}" + ("" if eng == "minigrad" else f" ({eng})"),
+            TRANSFORM_COLORS.get(t, f"C{2 + sum(map(ord, t)) % 8}"))
+
+
+def _cores_note(records):
+    cores = sorted({int(r["extra"]["cores"]) for r in records
+                    if _number(r["extra"].get("cores"))})
+    return f"{'/'.join(map(str, cores))} core{'s' * (cores != [1])}" if cores else ""
+
+
 def fig_loader(records, info=None):
+    """Throughput (batches/s) against loader threads, one line per engine (group "loader")
+    or per transform (groups "loader-normalize", "loader-augment"); where the file has
+    groups "loader-stall-*", a second panel: the share of a training epoch spent waiting
+    for batches, per transform."""
     pts, used = defaultdict(list), []
+    stalls, stall_used = defaultdict(list), []
     for r in records:
         e = r["extra"]
-        if r["group"] != "loader" or not _number(e.get("num_workers")):
+        if not _number(e.get("num_workers")):
+            continue
+        if r["group"].startswith(STALL_GROUP_PREFIX):
+            if _number(e.get("stall_share")):
+                stalls[_loader_series(r)].append((e["num_workers"], e["stall_share"]))
+                stall_used.append(r)
+            continue
+        if r["group"] not in LOADER_GROUPS:
             continue
         if _number(e.get("batches")):                 # batches / median round, with spread
             n = e["batches"]
@@ -688,37 +743,141 @@ def fig_loader(records, info=None):
         else:
             bps = lo = hi = e.get("batches_per_second")
         if _number(bps):
-            pts[str(e.get("engine", "minigrad"))].append((e["num_workers"], bps, lo, hi))
+            pts[_loader_series(r)].append((e["num_workers"], bps, lo, hi))
             used.append(r)
     if not pts:
-        return ("no records of group 'loader' with extra_info num_workers and "
-                "batches_per_second (or batches)")
+        return (f"no records of group {' / '.join(map(repr, LOADER_GROUPS))} with extra_info "
+                "num_workers and batches_per_second (or batches)")
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    if stalls:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     # evenly spaced worker counts (0 = in the calling thread cannot go on a log axis)
-    ticks = sorted({q[0] for p in pts.values() for q in p})
+    ticks = sorted({q[0] for p in (*pts.values(), *stalls.values()) for q in p})
     at = {w: i for i, w in enumerate(ticks)}
-    for eng, p in sorted(pts.items()):
+    labels = [f"{int(t)}" + (" (main thread)" if t == 0 else "") for t in ticks]
+    for (label, color), p in sorted(pts.items()):
         p.sort()
         xs, ys = [at[q[0]] for q in p], [q[1] for q in p]
         err = [[q[1] - q[2] for q in p], [q[3] - q[1] for q in p]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3,
-                    label="PyTorch DataLoader" if eng == "pytorch" else f"{eng} DataLoader",
-                    color=PYTORCH_COLOR if eng == "pytorch" else "tab:blue")
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label, color=color)
         for x, q in zip(xs, p, strict=True):
             ax.annotate(f"{q[1]:,.0f}", (x, q[3]), ha="center", va="bottom", fontsize=7,
                         xytext=(0, 4), textcoords="offset points")
-    ax.set_xticks(range(len(ticks)), [f"{int(t)}" + (" (main thread)" if t == 0 else "")
-                                      for t in ticks])
-    ax.set_ylim(0, max(q[3] for p in pts.values() for q in p) * 1.15)
+    top = max(q[3] for p in pts.values() for q in p)
+    low = min(q[2] for p in pts.values() for q in p)
+    if low > 0 and top / low > 30:  # cheap and costly transforms: orders of magnitude apart
+        ax.set_yscale("log")
+        ax.set_ylim(low / 1.5, top * 2)
+    else:
+        ax.set_ylim(0, top * 1.15)
+    ax.set_xticks(range(len(ticks)), labels)
     ax.set_xlabel("num_workers (loader threads)")
     stat, whisk = _stat_words(used)
-    ax.set_ylabel(f"throughput (batches / {stat} round time, per s)")
+    ax.set_ylabel(f"throughput (batches / {stat} round time, per s"
+                  + (", log scale)" if ax.get_yscale() == "log" else ")"))
+    ax.set_title("Loader throughput (higher is better)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
-    _title(fig, "Data-loader throughput against the number of worker threads",
-           _context(info, used), f"whiskers: throughput over {whisk} of the round times"
+    ax.legend(title="transform" if any(r["group"] != "loader" for r in used) else None)
+    if stalls:
+        for (label, color), p in sorted(stalls.items()):
+            p.sort()
+            xs, ys = [at[q[0]] for q in p], [100 * q[1] for q in p]
+            ax2.plot(xs, ys, marker="o", label=label, color=color)
+            for x, y in zip(xs, ys, strict=True):
+                ax2.annotate(f"{y:.1f}%", (x, y), ha="center", va="bottom", fontsize=7,
+                             xytext=(0, 4), textcoords="offset points")
+        ax2.set_xticks(range(len(ticks)), labels)
+        ax2.set_ylim(0, max(100 * q[1] for p in stalls.values() for q in p) * 1.2 or 1)
+        ax2.set_xlabel("num_workers (loader threads)")
+        ax2.set_ylabel("stall share (% of training time waiting for a batch)")
+        ax2.set_title("Training stalled on the loader (lower is better)", fontsize=10)
+        ax2.grid(alpha=0.3)
+        ax2.legend(title="transform")
+    every = used + stall_used
+    cores = _cores_note(every)
+    _title(fig, "Data-loader throughput against the number of worker threads"
+                + (", and the training time spent waiting for it" if stalls else "")
+                + (f" ({cores})" if cores else ""),
+           _context(info, every), f"whiskers: throughput over {whisk} of the round times"
            if whisk else "", info)
+    return fig
+
+
+SCALING_GROUP = "scaling-threads"
+
+
+def fig_scaling(records, info=None):
+    """Group "scaling-threads": images/s against workers, one line per strategy, and the
+    training time until the test accuracy first reached the target."""
+    rs = [r for r in records if r["group"] == SCALING_GROUP and "strategy" in r["extra"]
+          and _number(r["extra"].get("workers"))
+          and _number(r["extra"].get("images_per_second"))]
+    if not rs:
+        return (f"no records of group {SCALING_GROUP!r} with extra_info strategy, workers "
+                "and images_per_second")
+    by = defaultdict(dict)   # strategy -> {workers: extra_info}
+    for r in rs:
+        by[str(r["extra"]["strategy"])][r["extra"]["workers"]] = r["extra"]
+    strategies = sorted(by, key=lambda s: (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER
+                                           else len(STRATEGY_ORDER), s))
+    ticks = sorted({w for d in by.values() for w in d})
+    at = {w: i for i, w in enumerate(ticks)}
+    color = {s: f"C{i}" for i, s in enumerate(strategies)}
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.9), layout="constrained")
+    for s in strategies:
+        ws = sorted(by[s])
+        ys = [by[s][w]["images_per_second"] for w in ws]
+        a1.plot([at[w] for w in ws], ys, marker="o", label=s, color=color[s])
+        for w, y in zip(ws, ys, strict=True):
+            a1.annotate(f"{y:,.0f}", (at[w], y), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 4), textcoords="offset points")
+    cores = sorted({int(r["extra"]["cores"]) for r in rs if _number(r["extra"].get("cores"))})
+    if len(cores) == 1 and any(w > cores[0] for w in ticks):  # where workers outnumber cores
+        first = min(at[w] for w in ticks if w > cores[0])
+        for a in (a1, a2):
+            a.axvspan(first - 0.5, len(ticks) - 0.5, color="0.9", zorder=0,
+                      label=f"more workers than cores ({cores[0]})" if a is a1 else None)
+    a1.set_ylim(0, max(r["extra"]["images_per_second"] for r in rs) * 1.2)
+    a1.set_ylabel("images per second (all workers together)")
+    a1.set_title("Training throughput (higher is better)", fontsize=10)
+    a1.legend(title="strategy", fontsize=8)
+    # time to target: bars grouped by workers, one per strategy; "not reached" where absent
+    width = 0.8 / len(strategies)
+    targets = sorted({r["extra"]["target_accuracy"] for r in rs
+                      if _number(r["extra"].get("target_accuracy"))})
+    tops = [by[s][w]["time_to_target_s"] for s in strategies for w in by[s]
+            if _number(by[s][w].get("time_to_target_s"))]
+    top = max(tops, default=1.0)
+    for k, s in enumerate(strategies):
+        for w, e in sorted(by[s].items()):
+            x = at[w] - 0.4 + width * (k + 0.5)
+            t = e.get("time_to_target_s")
+            if _number(t):
+                a2.bar(x, t, width, color=color[s], label=s if w == min(by[s]) else None)
+                a2.annotate(f"{t:.3g}s", (x, t), ha="center", va="bottom", fontsize=7,
+                            xytext=(0, 2), textcoords="offset points")
+            else:
+                a2.annotate("not\nreached", (x, 0), ha="center", va="bottom", fontsize=6.5,
+                            color=color[s])
+    a2.set_ylim(0, top * 1.25)
+    a2.set_ylabel("training seconds to reach the target")
+    target = f"{100 * targets[0]:g}% test accuracy" if len(targets) == 1 else "the target"
+    a2.set_title(f"Time to {target} (lower is better)", fontsize=10)
+    if a2.get_legend_handles_labels()[0]:
+        a2.legend(title="strategy", fontsize=8)
+    for a in (a1, a2):
+        a.set_xticks(range(len(ticks)), [f"{int(w)}" for w in ticks])
+        a.set_xlim(-0.5, len(ticks) - 0.5)
+        a.set_xlabel("workers (threads)")
+        a.grid(axis="y", alpha=0.3)
+        a.set_axisbelow(True)
+    on = f"{'/'.join(map(str, cores))} core{'s' * (cores != [1])}" if cores else "? cores"
+    _title(fig, f"Scaling with workers on {on}: throughput and time to {target}, "
+                "per strategy", _context(info, rs),
+           "perfect scaling: images/s growing with the workers up to the cores", info)
     return fig
 
 
@@ -929,7 +1088,7 @@ def fig_distributed(records, info=None):
 
 DRAW = {"speedup": fig_speedup, "gflops": fig_gflops, "workspace": fig_workspace,
         "loader": fig_loader, "training": fig_training, "dgc": fig_dgc,
-        "distributed": fig_distributed}
+        "distributed": fig_distributed, "scaling": fig_scaling}
 
 
 # --------------------------------------------------------------------------- comparing runs

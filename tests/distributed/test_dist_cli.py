@@ -17,7 +17,8 @@ def parse(argv):
 SUMMARY_KEYS = ("task", "epochs", "test_accuracy", "train_seconds", "seconds_per_epoch",
                 "strategy", "workers", "bytes_sent", "dense_bytes", "bytes_moved",
                 "dense_moved", "compression_ratio", "compression_ratio_overall",
-                "traffic_ratio", "traffic_ratio_overall", "staleness_mean", "staleness_max")
+                "traffic_ratio", "traffic_ratio_overall", "staleness_mean", "staleness_max",
+                "images_per_second", "threads")
 
 COMMON = ["mnist", "--limit", "2000", "--epochs", "1", "--eval-limit", "500", "--workers",
           "3", "--optimizer", "sgd", "--lr", "0.05", "--batch-size", "32", "--json"]
@@ -37,7 +38,8 @@ def test_each_strategy_learns_mnist_subset(strategy, extra, capsys):
     for key in SUMMARY_KEYS:
         assert key in summary, key
     assert summary["strategy"] == strategy and summary["task"] == "mnist"
-    assert summary["workers"] == 3
+    assert summary["workers"] == 3 and summary["threads"]["workers"] == 3
+    assert summary["images_per_second"] > 0
     # 63 global batches of 32 images; chance is 0.1. Over so few steps, hogwild and async
     # (plain SGD on ~11-image slices; their thread interleaving, hence their result, varies
     # run to run) and DGC (warm-up, clipped local gradients) learn slower than sync.
@@ -131,3 +133,39 @@ def test_resume_with_another_strategy_exits_2(tmp_path, capsys):
     capsys.readouterr()
     assert dmain([*argv, "--epochs", "2", "--strategy", "dgc", "--resume", ckpt]) == 2
     assert "strategy" in capsys.readouterr().err
+
+
+@pytest.mark.mpi
+def test_mpi_ranks_share_the_host_cores(capsys, monkeypatch):
+    """Under `mpiexec -n N` every rank plans with the ranks on its host: each gets
+    host_cores // N cores, and its one training thread that many Numba threads."""
+    import numba
+    from mpi4py import MPI
+
+    from minigrad import threads
+    from minigrad.distributed.sync import SyncSGD
+
+    train, seen = SyncSGD.train, []
+
+    def spy(self, *args, **kwargs):
+        seen.append(numba.get_num_threads())
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncSGD, "train", spy)
+    world = MPI.COMM_WORLD
+    code = dmain(["iris", "--epochs", "2", "--optimizer", "sgd", "--lr", "0.1",
+                  "--strategy", "sync", "--comm", "mpi", "--threads", "4", "--json"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert seen == [min(max(1, 4 // world.size), numba.config.NUMBA_NUM_THREADS)]
+    if world.rank != 0:
+        return
+    s = json.loads(out[-1])
+    plan = s["threads"]
+    assert plan["ranks_on_host"] == world.size == s["ranks"]  # one host in the tests
+    assert plan["host_cores"] == 4 and plan["cores"] == max(1, 4 // world.size)
+    assert plan["workers"] == 1
+    assert plan["numba_threads_per_worker"] == min(plan["cores"],
+                                                   numba.config.NUMBA_NUM_THREADS)
+    assert s["images_per_second"] > 0
+    assert threads.local_ranks() == world.size

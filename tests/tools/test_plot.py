@@ -18,15 +18,62 @@ def _cli(argv):
     return args.func(args)
 
 
+def _record(name, group, seconds, **extra):
+    """One pytest-benchmark record: `seconds` the median, with a 2% IQR either side."""
+    return {"name": name, "group": group, "params": {},
+            "stats": {"mean": seconds, "median": seconds, "q1": 0.98 * seconds,
+                      "q3": 1.02 * seconds, "min": 0.97 * seconds, "max": 1.03 * seconds,
+                      "stddev": 0.01 * seconds, "rounds": 3},
+            "extra_info": extra}
+
+
+# What bench/test_bench_augment.py and bench/test_bench_scaling.py record (the numbers are
+# made up, in the shape issue #18 measured on 2 cores).
+AUGMENT_RECORDS = [
+    *[_record(f"test_loader_throughput[{t}-{w}]", f"loader-{t}", 100 / bps,
+              engine="minigrad", transform=t, num_workers=w, batches=100,
+              batches_per_second=bps, device="cpu", cores=2)
+      for t, rates in (("normalize", (60_000, 26_000, 20_000, 17_000)),
+                       ("augment", (300, 450, 520, 500)))
+      for w, bps in zip((0, 1, 2, 4), rates, strict=True)],
+    *[_record(f"test_training_stall_share[{t}-{w}]", f"loader-stall-{t}", 2.0,
+              engine="minigrad", transform=t, num_workers=w, stall_share=share,
+              images_per_second=1600.0, n_train=3200, batch_size=64, device="cpu", cores=2)
+      for t, shares in (("normalize", (0.01, 0.02, 0.02, 0.03)),
+                        ("augment", (0.45, 0.20, 0.12, 0.10)))
+      for w, share in zip((0, 1, 2, 4), shares, strict=True)],
+]
+SCALING_IPS = {"sync": (900.0, 1200.0, 1000.0), "hogwild": (950.0, 1500.0, 1300.0)}
+SCALING_TO_TARGET = {"sync": (40.0, 30.0, None), "hogwild": (38.0, 25.0, 33.0)}
+SCALING_RECORDS = [
+    _record(f"test_scaling[{s}-{w}]", "scaling-threads", 50.0, strategy=s, workers=w,
+            comm="threads", cores=2, thread_plan={"workers": w}, task="mnist",
+            n_train=12000, images_per_second=ips, time_to_target_s=t,
+            epochs_to_target=None if t is None else 2, test_accuracy=0.96,
+            target_accuracy=0.95)
+    for s in SCALING_IPS
+    for w, ips, t in zip((1, 2, 4), SCALING_IPS[s], SCALING_TO_TARGET[s], strict=True)]
+
+
 @pytest.fixture(scope="module")
-def drawn(tmp_path_factory):
+def full_file(tmp_path_factory):
+    """The small fixture plus the thread-budget benchmarks' records: every figure's data."""
+    doc = json.loads(FIXTURE.read_text())
+    doc["benchmarks"] += AUGMENT_RECORDS + SCALING_RECORDS
+    f = tmp_path_factory.mktemp("full") / "bench_results_small.json"
+    f.write_text(json.dumps(doc))
+    return f
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory, full_file):
     out = tmp_path_factory.mktemp("figures")
-    return out, plot.plot(FIXTURE, out)
+    return out, plot.plot(full_file, out)
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    return plot.read(FIXTURE)
+def loaded(full_file):
+    return plot.read(full_file)
 
 
 def test_fixture_is_pytest_benchmark_json():
@@ -151,6 +198,65 @@ def test_distributed_shows_time_and_bytes_per_step(loaded):
     assert any("1/302 of dense" in t.get_text() for t in a2.texts)
 
 
+def _bar_patches(ax):
+    from matplotlib.container import BarContainer
+
+    return [b for c in ax.containers if isinstance(c, BarContainer) for b in c]
+
+
+def _lines(ax):
+    """{label: y values} of the lines with a legend label on an axis."""
+    return {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()
+            if not ln.get_label().startswith("_")}
+
+
+def test_loader_has_a_line_per_transform_and_a_stall_panel(loaded):
+    recs, info = loaded
+    fig = plot.fig_loader(recs, info)
+    ax, ax2 = fig.axes[:2]
+    # errorbar lines carry no label themselves: read the legend and the data lines
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"minigrad DataLoader", "PyTorch DataLoader", "normalize", "augment"} <= set(labels)
+    values = [t.get_text() for t in ax.texts]
+    assert "60,000" in values and "300" in values   # normalise / augment, main thread
+    assert ax.get_yscale() == "log"                 # 60k and 300 batches/s on one axis
+    assert [t.get_text() for t in ax.get_xticklabels()][:2] == ["0 (main thread)", "1"]
+    stall = _lines(ax2)
+    assert stall["augment"] == pytest.approx([45, 20, 12, 10])   # percent
+    assert stall["normalize"] == pytest.approx([1, 2, 2, 3])
+    assert "stall" in ax2.get_ylabel()
+    assert "(2 cores)" in fig.get_suptitle()
+
+
+def test_loader_without_stall_records_has_one_panel(loaded):
+    recs, info = loaded
+    fig = plot.fig_loader([r for r in recs if not r["group"].startswith("loader-stall")], info)
+    assert len(fig.axes) == 1
+
+
+def test_scaling_shows_images_per_second_and_time_to_target(loaded):
+    recs, info = loaded
+    fig = plot.fig_scaling(recs, info)
+    a1, a2 = fig.axes[:2]
+    lines = _lines(a1)
+    assert lines["sync"] == pytest.approx(SCALING_IPS["sync"])
+    assert lines["hogwild"] == pytest.approx(SCALING_IPS["hogwild"])
+    assert [t.get_text() for t in a1.get_xticklabels()] == ["1", "2", "4"]
+    heights = sorted(b.get_height() for b in _bar_patches(a2))
+    assert heights == pytest.approx(sorted([40.0, 30.0, 38.0, 25.0, 33.0]))  # not sync x4
+    assert sum(t.get_text() == "not\nreached" for t in a2.texts) == 1
+    title = fig.get_suptitle()
+    assert "on 2 cores" in title and "95% test accuracy" in title
+    assert any("more workers than cores (2)" in t.get_text()
+               for t in a1.get_legend().get_texts())
+
+
+def test_scaling_is_skipped_without_its_group(loaded):
+    recs, info = loaded
+    why = plot.fig_scaling([r for r in recs if r["group"] != "scaling-threads"], info)
+    assert isinstance(why, str) and "scaling-threads" in why
+
+
 def test_missing_data_is_skipped_with_a_note(tmp_path, capsys):
     doc = json.loads(FIXTURE.read_text())
     doc["benchmarks"] = [b for b in doc["benchmarks"] if b["group"] != "loader"
@@ -238,6 +344,7 @@ def test_bench_conv_spellings_are_understood(tmp_path):
             e["pass_"] = {"forward": "fwd", "forward+backward": "fwdbwd"}[e.pop("pass")]
             if e.pop("engine") == "pytorch":
                 e["algo"] = e["backend"] = "torch"
+    doc["benchmarks"] += AUGMENT_RECORDS + SCALING_RECORDS   # the figures that need them
     f = _write(tmp_path, doc, "bench.json")
     recs = plot.load(f)
     assert {r["extra"]["engine"] for r in recs if "layer" in r["extra"]} == \
