@@ -57,16 +57,20 @@ def test_machine_info_says_what_ran(results):
     info = json.loads(results.read_text())["machine_info"]["minigrad"]
     import numba
 
-    from minigrad import kernels
 
     assert info["numba"] == numba.__version__ and info["torch"]
     assert info["numba_threads"] >= 1
     assert info["numba_threading_layer"] in ("tbb", "omp", "workqueue")
     assert info["gemm"]["float32"] and info["gemm"]["mode"] in ("auto", "blas", "numba")
-    # every BLAS in the benchmark process (PyTorch may load its own), NumPy's marked
-    numpy_blas = [{"library": lib, "version": v, "kernel": k, "threads": t, "numpy": True}
-                  for lib, v, k, t in kernels.blas_info()]
-    assert all(b in info["blas"] for b in numpy_blas)
+    # every BLAS in the benchmark process (PyTorch may load its own), NumPy's marked. Asked
+    # of a fresh process: this one may have loaded other BLAS libraries (torch, an earlier
+    # test) or limited their threads, which would say nothing about the benchmark's.
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import json; from minigrad import kernels; "
+         "print(json.dumps(kernels.blas_info()))"], capture_output=True, text=True, check=True)
+    numpy_blas = [(lib, v, k) for lib, v, k, _ in json.loads(fresh.stdout)]
+    recorded = [(b["library"], b["version"], b["kernel"]) for b in info["blas"] if b["numpy"]]
+    assert numpy_blas and all(b in recorded for b in numpy_blas), (numpy_blas, info["blas"])
     assert isinstance(info["avx512"], bool) and info["cpu_model"]
     git = info["git"]
     if git["commit"] is not None:                      # run from a git checkout
