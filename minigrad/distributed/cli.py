@@ -44,7 +44,10 @@ def add_arguments(parser):
     g = parser.add_argument_group("distributed training (minigrad.distributed)")
     g.add_argument("--strategy", choices=STRATEGIES, default=None,
                    help="train with N workers (--workers): sync (allreduce), hogwild (lock-"
-                        "free threads), async (parameter server), dgc (compressed sync)")
+                        "free threads), async (parameter server), dgc (compressed sync), "
+                        "model-parallel (each worker holds 1/N of every layer's filters), "
+                        "tensor-slicing (each worker holds a band of rows of every feature "
+                        "map, with halo exchange)")
     g.add_argument("--comm", choices=("threads", "mpi"), default="threads",
                    help="ranks as threads of this process, or MPI processes (mpiexec)")
     g.add_argument("--momentum", type=float, default=0.9,
@@ -163,7 +166,8 @@ def run(args):
         cores=getattr(args, "threads", None))
     if summary is None:
         return None
-    head = {"task": args.task, "optimizer": args.optimizer if args.strategy == "sync"
+    any_optimizer = ("sync", "model-parallel", "tensor-slicing")  # they step like one worker
+    head = {"task": args.task, "optimizer": args.optimizer if args.strategy in any_optimizer
             else "sgd", "seed": args.seed, "device": "cpu",
             "augment": bool(getattr(args, "augment", False))}
     if args.task == "mnist":

@@ -54,7 +54,6 @@ Failures.
   `mpiexec -print-all-exitcodes` adds every rank's exit code, in rank order per host.
   Either way, resume from the last checkpoint: at most the epoch in progress is lost.
 """
-import contextlib
 import functools
 import os
 import sys
@@ -68,26 +67,12 @@ from ..train import evaluate, make_optimizer
 from .common import Faults, ShardedBatches, replica, sharded_evaluate
 from .dgc import CLIP_NORM, WARMUP_EPOCHS
 
-STRATEGIES = ("sync", "hogwild", "async", "dgc")
+STRATEGIES = ("sync", "hogwild", "async", "dgc", "model-parallel", "tensor-slicing")
+SPLIT_STRATEGIES = ("model-parallel", "tensor-slicing")  # every worker runs the whole batch
 
 
 class DistributedRunFailed(RuntimeError):
     """A rank failed and the run stopped; the message says which, and how to resume."""
-
-
-def one_blas_thread():
-    """Limit BLAS (OpenBLAS/MKL) to one thread while several ranks share the machine.
-
-    Superseded by the thread budget (`minigrad.threads`: `plan()` and `limits(plan)`, which
-    gives BLAS one thread whenever several workers share the process); kept for callers
-    that have not moved to it yet. Measured here: 4 sync workers took 76 s with OpenBLAS's
-    own pool and 2 s with one BLAS thread each.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # comes with scikit-learn; without it, leave BLAS as it is
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def thread_plan(workers, comm="threads", cores=None):
@@ -157,6 +142,21 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
             raise ValueError("a random (augmenting) transform needs an eval_transform for "
                              "the test set, e.g. mnist_normalize")
         eval_transform = transform  # the test set is transformed like the training set
+    if strategy in SPLIT_STRATEGIES:
+        if save or resume:
+            raise ValueError(f"--strategy {strategy} does not checkpoint yet: drop --save "
+                             "and --resume")
+        if faults.die or faults.kill or faults.stall or faults.lose_replies:
+            raise ValueError(f"--strategy {strategy} takes no --inject-* faults")
+        if strategy == "model-parallel":
+            from .model_parallel import train_model_parallel as train_split_strategy
+        else:
+            from .tensor_slicing import train_tensor_slicing as train_split_strategy
+        return train_split_strategy(
+            model, train_data, test_data, comm=comm, workers=workers, epochs=epochs,
+            batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, seed=seed,
+            transform=transform, eval_transform=eval_transform, eval_limit=eval_limit,
+            log=log, cores=cores)
     X_test, y_test = test_data
     if eval_limit:
         X_test, y_test = X_test[:eval_limit], y_test[:eval_limit]

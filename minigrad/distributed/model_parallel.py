@@ -321,7 +321,7 @@ def activation_bytes(model, x):
 def train_model_parallel(model, train_data, test_data, *, comm="threads", workers=2,
                          epochs=1, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9,
                          seed=0, transform=None, eval_transform=None, eval_limit=None,
-                         log=None, algo=None):
+                         log=None, algo=None, cores=None):
     """Train `model` with its filters split over `workers` ranks (threads) or over the
     ranks of `mpiexec` (comm="mpi"). Leaves the trained weights in `model`; returns the
     summary on rank 0 (None on the other MPI ranks). `eval_transform`: the test set's
@@ -330,7 +330,7 @@ def train_model_parallel(model, train_data, test_data, *, comm="threads", worker
                        train_data, test_data, comm=comm, workers=workers, epochs=epochs,
                        batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                        seed=seed, transform=transform, eval_transform=eval_transform,
-                       eval_limit=eval_limit, log=log)
+                       eval_limit=eval_limit, log=log, cores=cores)
 
 
 _PER_RANK = ("param_bytes", "optimizer_bytes", "activation_bytes", "bytes_sent",
@@ -339,18 +339,20 @@ _PER_RANK = ("param_bytes", "optimizer_bytes", "activation_bytes", "bytes_sent",
 
 def train_split(strategy, build, model, train_data, test_data, *, comm, workers, epochs,
                 batch_size, lr, optimizer, momentum, seed, transform, eval_transform=None,
-                eval_limit=None, log=None):
+                eval_limit=None, log=None, cores=None):
     """The training loop the split strategies share (model parallel, tensor slicing).
 
     build(comm, model) -> the worker's network: forward(x) gives the whole logits on every
     worker; parameters() the tensors this worker updates; optional after_backward() (the
     tensor slicing dW allreduce), assemble(model) (write the whole weights into model),
     and halo_bytes (a counter). Every worker walks the same full batches in the
-    single-worker order (`ShardedBatches` with one shard).
+    single-worker order (`ShardedBatches` with one shard). Threads follow the budget of
+    `minigrad.threads` (`cores`: this host's cores to use), as the data-parallel ones do.
     """
+    from .. import threads
     from ..train import make_optimizer
     from .common import ShardedBatches, flat_params, load_flat, replica, sharded_evaluate
-    from .launch import one_blas_thread
+    from .launch import budgeted, thread_plan
 
     if comm not in ("threads", "mpi"):
         raise ValueError(f"unknown comm {comm!r}: expected 'threads' or 'mpi'")
@@ -402,14 +404,16 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
         return {"per_rank": per_rank, "test_accuracy": accuracy, "steps": steps,
                 "loss_sum": loss_sum, "correct": correct, "seen": seen}
 
+    plan = thread_plan(workers, comm, cores)
     t0 = time.perf_counter()
-    with one_blas_thread():
+    with threads.limits(plan):
         if comm == "threads":
             from .comm_threads import launch_threads
 
             models = [replica(model) for _ in range(workers)]
             try:
-                results = launch_threads(workers, lambda c: rank_main(c, models[c.rank]))
+                results = launch_threads(
+                    workers, budgeted(plan, lambda c: rank_main(c, models[c.rank])))
             except RuntimeError as e:
                 if isinstance(e.__cause__, ValueError):  # a model or a split that cannot
                     raise e.__cause__ from None          # work: every rank refused it
@@ -438,8 +442,10 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
             if c.rank != 0:
                 return None
     wall = time.perf_counter() - t0
-    return _summary(strategy, root, size, epochs, batch_size, lr, seed, comm, wall,
-                    full_param_bytes)
+    summary = _summary(strategy, root, size, epochs, batch_size, lr, seed, comm, wall,
+                       full_param_bytes)
+    summary["threads"] = plan.as_dict()
+    return summary
 
 
 def _summary(strategy, root, size, epochs, batch_size, lr, seed, comm, wall, full_bytes):

@@ -316,7 +316,7 @@ class TensorSliced(nn.Module):
 def train_tensor_slicing(model, train_data, test_data, *, comm="threads", workers=2,
                          epochs=1, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9,
                          seed=0, transform=None, eval_transform=None, eval_limit=None,
-                         log=None, algo=None):
+                         log=None, algo=None, cores=None):
     """Train `model` with its feature maps split into bands over `workers` ranks (threads)
     or the ranks of `mpiexec` (comm="mpi"). Leaves the trained weights in `model`; returns
     the summary on rank 0 (None on the other MPI ranks). `eval_transform`: the test set's
@@ -325,4 +325,4 @@ def train_tensor_slicing(model, train_data, test_data, *, comm="threads", worker
                        train_data, test_data, comm=comm, workers=workers, epochs=epochs,
                        batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                        seed=seed, transform=transform, eval_transform=eval_transform,
-                       eval_limit=eval_limit, log=log)
+                       eval_limit=eval_limit, log=log, cores=cores)

@@ -169,3 +169,25 @@ def test_mpi_ranks_share_the_host_cores(capsys, monkeypatch):
                                                    numba.config.NUMBA_NUM_THREADS)
     assert s["images_per_second"] > 0
     assert threads.local_ranks() == world.size
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("strategy", ["model-parallel", "tensor-slicing"])
+def test_split_strategies_from_the_command_line(strategy, capsys):
+    argv = ["mnist", "--limit", "640", "--epochs", "1", "--eval-limit", "300", "--workers",
+            "2", "--optimizer", "sgd", "--lr", "0.05", "--batch-size", "32", "--json"]
+    assert dmain([*argv, "--strategy", strategy]) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert s["strategy"] == strategy and s["workers"] == 2
+    assert s["test_accuracy"] > 0.2                       # 20 steps of 32; chance is 0.1
+    assert s["param_bytes_per_worker"] > 0 and s["bytes_per_step"] > 0
+    assert s["threads"]["workers"] == 2 and s["images_per_second"] > 0
+    if strategy == "model-parallel":                      # each holds about half the filters
+        assert s["param_bytes_per_worker"] < 0.6 * s["param_bytes_total"]
+
+
+def test_split_strategies_refuse_checkpoints(capsys, tmp_path):
+    code = dmain(["iris", "--epochs", "1", "--optimizer", "sgd", "--strategy",
+                  "model-parallel", "--save", str(tmp_path / "ck.npz")])
+    assert code == 2
+    assert "does not checkpoint yet" in capsys.readouterr().err
