@@ -49,12 +49,19 @@ class ThreadGroup:
         self.barrier = threading.Barrier(size)
         self.slots = [None] * size
         self.mailboxes = [_Mailbox() for _ in range(size)]
+        self.aborted = False
 
     def comm(self, rank):
         return ThreadComm(self, rank)
 
     def abort(self):
+        """A rank failed: wake every rank waiting in a collective (the barrier) or for a
+        message (recv), so that each raises instead of waiting forever."""
+        self.aborted = True
         self.barrier.abort()
+        for box in self.mailboxes:
+            with box.cond:
+                box.cond.notify_all()
 
 
 class ThreadComm(Communicator):
@@ -135,6 +142,9 @@ class ThreadComm(Communicator):
                         del box.messages[i]
                         self._count_moved(arr.nbytes)
                         return src, t, arr
+                if self.group.aborted:  # a peer failed: its message will never come
+                    raise threading.BrokenBarrierError(
+                        f"rank {self.rank}: recv abandoned, another rank of the group failed")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None

@@ -193,3 +193,35 @@ def test_bytes_moved_follow_the_ring_algorithms(n):
         others = sum(4 * (r + 1) for r in range(n) if r != rank)
         assert ag == ar + others and total == ag
         assert sent == 400 + 4 * (rank + 1)
+
+
+def test_a_failed_rank_wakes_a_peer_waiting_in_recv():
+    """A rank blocked in recv (a halo exchange, a reduce-scatter) must not wait forever for
+    a peer that died: the group's abort wakes it with an error, and the run reports the
+    rank that failed first."""
+    import threading as _threading
+
+
+    def body(c):
+        if c.rank == 1:
+            raise RuntimeError("boom")
+        c.recv_any(source=1)          # rank 1's message never comes
+        return "unreachable"
+
+    done = []
+    t = _threading.Thread(target=lambda: done.append(_run_expecting_failure(body)),
+                          daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "rank 0 still waits in recv after rank 1 failed"
+    assert "rank 1" in done[0] and "boom" in done[0]
+
+
+def _run_expecting_failure(body):
+    from minigrad.distributed.comm_threads import launch_threads
+
+    try:
+        launch_threads(2, body)
+    except Exception as e:  # the launcher names the failed rank
+        return f"{e} {e.__cause__!r}"
+    return "no error"
