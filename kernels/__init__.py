@@ -20,29 +20,66 @@ by name ("kn2row-aa" -> `kernels/kn2row_aa.py`), which exposes::
     forward_numba(x, w, stride, padding) -> y          backward_numba(dy, x, w, s, p) -> dx, dw
     workspace_bytes(x_shape, w_shape, stride, padding, itemsize) -> int
 
+and, after the positional arguments, whichever of the options in OPTIONS it can use (im2col:
+`saved=None` and, backward, `need_dx=True`); a parameter OPTIONS does not list is an error.
+
 The "cupy" backend dispatches to `kernels.cuda.<module>.forward(x, w, stride, padding)` and
 `.backward(dy, x, w, stride, padding)` (and, for pooling, `kernels.cuda.pool.forward(x,
 kernel, stride)` / `.backward(dy, argmax, x_shape, kernel, stride)`).
 
-Numba's threading layer is chosen in `kernels/_numba.py` ("threadsafe": tbb or omp), so the
-kernels may be called from several Python threads at once.
+The options `saved` and `need_dx` only save work (see OPTIONS below): an algorithm that
+does not take one is not given it, and any other option is a TypeError naming it.
+
+What else the engine uses, so that it needs no private name::
+
+    kernels.matmul(a, b, out=None, accumulate=False)   # a @ b on kernels.gemm or NumPy's BLAS
+    kernels.gemm_info()         # which GEMM runs for float32 / float64, MINIGRAD_GEMM's mode
+    kernels.bias_add(y, b)      # y += b over channel axis 1, in place (Numba, parallel)
+    kernels.bias_grad(dy)       # dy summed over every axis but 1
+    kernels.threading_layer()   # the Numba threading layer this process really uses
+    kernels.blas_info()         # [(library, version, kernel architecture, threads)]
+
+Numba's threading layer is requested in `kernels/_numba.py` ("threadsafe"), so the kernels
+may be called from several Python threads at once.
 """
+from __future__ import annotations
+
 import importlib
 import inspect
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
+from ._blas import blas_info
 from ._common import out_size, pair
+from ._numba import threading_layer
+from .channel import bias_add, bias_grad
+from .gemm import gemm_info, matmul
+
+if TYPE_CHECKING:  # for the type hints only: CuPy is optional
+    import cupy
+    from numpy.typing import DTypeLike
 
 __all__ = [
     "ALGORITHMS",
     "BACKENDS",
+    "OPTIONS",
     "conv2d_forward",
     "conv2d_backward",
     "workspace_bytes",
     "maxpool2d_forward",
     "maxpool2d_backward",
+    "matmul",
+    "gemm_info",
+    "bias_add",
+    "bias_grad",
+    "threading_layer",
+    "blas_info",
 ]
+
+Array: TypeAlias = "np.ndarray | cupy.ndarray"  # a CuPy array with backend="cupy"
+Pair: TypeAlias = "int | tuple[int, int]"
+Shape: TypeAlias = "tuple[int, ...]"
 
 ALGORITHMS = ("direct", "im2col", "im2row", "kn2row", "kn2row-aa", "kn2col")
 BACKENDS = ("numpy", "numba", "cupy")
@@ -172,23 +209,60 @@ def _contiguous(a, backend):
     return np.ascontiguousarray(a)
 
 
-_ACCEPTS = {}
+# The keyword options the dispatcher hands to an algorithm, per direction. Each only saves
+# work, so an algorithm that does not take one is simply not given it, with the same result:
+OPTIONS = {
+    "forward": {
+        "saved": "a dict for the backward pass; an algorithm that can reuse its lowered "
+                 "input there (im2col) leaves it in the dict, the others leave it empty",
+    },
+    "backward": {
+        "saved": "the dict the forward pass filled, if any",
+        "need_dx": "False when dx is not wanted: an algorithm that can skip the dx GEMM does; "
+                   "for the others dx is computed and conv2d_backward drops it",
+    },
+}
+_ACCEPTS = {}  # algorithm function -> the options it takes (checked once per function)
 
 
-def _call(module, direction, backend, *args, **options):
-    """Run module.<direction>_<backend>(*args), passing only the options it accepts."""
+def _accepted(fn, op, algo, backend, direction, n_args):
+    """The options `fn` takes: its parameters after the n_args positional ones. Each must be
+    one of OPTIONS[direction]; a misspelled one would otherwise never be passed."""
+    if fn not in _ACCEPTS:
+        names = list(inspect.signature(fn).parameters)[n_args:]
+        stray = [name for name in names if name not in OPTIONS[direction]]
+        if stray:
+            raise TypeError(
+                f"{op}: {fn.__module__}.{fn.__name__} (algo {algo!r}, backend {backend!r}) "
+                f"takes option(s) {', '.join(stray)} that the dispatcher never passes; "
+                f"known {direction} options: {', '.join(OPTIONS[direction]) or 'none'}"
+            )
+        _ACCEPTS[fn] = frozenset(names)
+    return _ACCEPTS[fn]
+
+
+def _call(op, algo, module, direction, backend, *args, **options):
+    """Run module.<direction>_<backend>(*args) (cupy: module.<direction>) with the options it
+    takes; an option OPTIONS does not list for this direction is a TypeError."""
     fn = getattr(module, direction if backend == "cupy" else f"{direction}_{backend}")
-    if options:
-        if fn not in _ACCEPTS:
-            _ACCEPTS[fn] = frozenset(inspect.signature(fn).parameters)
-        options = {k: v for k, v in options.items() if k in _ACCEPTS[fn]}
-    return fn(*args, **options)
+    accepted = _accepted(fn, op, algo, backend, direction, len(args))
+    for name in options:
+        if name not in OPTIONS[direction]:
+            raise TypeError(
+                f"{op}: unknown option {name!r} for algo {algo!r}, backend {backend!r}; "
+                f"{fn.__module__}.{fn.__name__} accepts "
+                f"{', '.join(sorted(accepted)) or 'no options'} (known {direction} options: "
+                f"{', '.join(OPTIONS[direction]) or 'none'})"
+            )
+    return fn(*args, **{k: v for k, v in options.items() if k in accepted})
 
 
 # --------------------------------------------------------------------------- convolution
 
 
-def conv2d_forward(x, w, stride=1, padding=0, algo="im2col", backend="numba", saved=None):
+def conv2d_forward(x: Array, w: Array, stride: Pair = 1, padding: Pair = 0,
+                   algo: str = "im2col", backend: str = "numba",
+                   saved: dict | None = None) -> Array:
     """y[n, m, oh, ow] = sum_{c,kh,kw} w[m, c, kh, kw] * xpad[n, c, oh*sh + kh, ow*sw + kw].
 
     x: (N, C, H, W); w: (M, C, KH, KW); returns y: (N, M, Ho, Wo) of x's dtype.
@@ -199,11 +273,13 @@ def conv2d_forward(x, w, stride=1, padding=0, algo="im2col", backend="numba", sa
     stride, padding = _check_conv(op, x, w, stride, padding, algo, backend)
     x, w = _contiguous(x, backend), _contiguous(w, backend)
     options = {} if saved is None else {"saved": saved}
-    return _call(_module(algo, backend), "forward", backend, x, w, stride, padding, **options)
+    return _call(op, algo, _module(algo, backend), "forward", backend, x, w, stride, padding,
+                 **options)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, algo="im2col", backend="numba", saved=None,
-                    need_dx=True):
+def conv2d_backward(dy: Array, x: Array, w: Array, stride: Pair = 1, padding: Pair = 0,
+                    algo: str = "im2col", backend: str = "numba", saved: dict | None = None,
+                    need_dx: bool = True) -> tuple[Array | None, Array]:
     """Gradients (dx, dw) of sum(dy * conv2d_forward(x, w)) with respect to x and w.
 
     saved: the dict given to conv2d_forward, if any. need_dx=False: dx is not wanted (the
@@ -227,13 +303,14 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="im2col", backend="numba
     options = {} if saved is None else {"saved": saved}
     if not need_dx:
         options["need_dx"] = False
-    dx, dw = _call(_module(algo, backend), "backward", backend, dy, x, w, stride, padding,
-                   **options)
+    dx, dw = _call(op, algo, _module(algo, backend), "backward", backend, dy, x, w, stride,
+                   padding, **options)
     return (dx if need_dx else None), dw
 
 
-def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, dtype=np.float32,
-                    backend="numba"):
+def workspace_bytes(algo: str, x_shape: Shape, w_shape: Shape, stride: Pair = 1,
+                    padding: Pair = 0, dtype: DTypeLike = np.float32,
+                    backend: str = "numba") -> int:
     """Bytes of lowering buffers `algo` allocates in its forward pass (beyond x, w and y).
 
     Each module documents its formula in its header. Where a backend allocates differently
@@ -275,7 +352,8 @@ def _check_pool(op, x_shape, kernel_size, stride, backend):
     return kernel, stride
 
 
-def maxpool2d_forward(x, kernel_size, stride=None, backend="numba"):
+def maxpool2d_forward(x: Array, kernel_size: Pair, stride: Pair | None = None,
+                      backend: str = "numba") -> tuple[Array, Array]:
     """Max over each KHxKW window (no padding); returns y (N, C, Ho, Wo) and argmax.
 
     argmax[n, c, oh, ow] is the flat index h*W + w, inside the (n, c) input plane, of the
@@ -286,10 +364,11 @@ def maxpool2d_forward(x, kernel_size, stride=None, backend="numba"):
     _check_float(op, "x", x)
     kernel, stride = _check_pool(op, _shape(x), kernel_size, stride, backend)
     x = _contiguous(x, backend)
-    return _call(_module("pool", backend), "forward", backend, x, kernel, stride)
+    return _call(op, "maxpool", _module("pool", backend), "forward", backend, x, kernel, stride)
 
 
-def maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride=None, backend="numba"):
+def maxpool2d_backward(dy: Array, argmax: Array, x_shape: Shape, kernel_size: Pair,
+                       stride: Pair | None = None, backend: str = "numba") -> Array:
     """dx (x_shape, dy's dtype): each dy[n, c, oh, ow] added at argmax in plane (n, c)."""
     op = "maxpool2d_backward"
     x_shape = tuple(int(s) for s in x_shape)
@@ -309,5 +388,5 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel_size, stride=None, backend="n
         raise ValueError(f"{op}: argmax must be an integer array, got {np.dtype(argmax.dtype)}")
     dy = _contiguous(dy, backend)
     argmax = _contiguous(argmax, backend).astype(np.int64, copy=False)
-    return _call(_module("pool", backend), "backward", backend, dy, argmax, x_shape, kernel,
-                 stride)
+    return _call(op, "maxpool", _module("pool", backend), "backward", backend, dy, argmax,
+                 x_shape, kernel, stride)

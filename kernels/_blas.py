@@ -9,7 +9,7 @@ environment pins OPENBLAS_CORETYPE=Haswell (AVX2), which we leave as it is; on a
 """
 
 
-def blas_info():
+def blas_info() -> list[tuple[str | None, str | None, str | None, int | None]]:
     """[(library, version, kernel architecture, threads)] for the BLAS libraries loaded."""
     try:
         from threadpoolctl import threadpool_info

@@ -5,17 +5,19 @@ threading layer is chosen in exactly one place, before any parallel kernel is co
 
 Why a threading layer at all
 ----------------------------
-Numba runs `prange` loops on a thread pool (its "threading layer"). The default choice
-("default": tbb, else omp, else workqueue) can end up on `workqueue`, which is not
-thread-safe: if two Python threads launch parallel kernels at the same time (Hogwild SGD,
-the thread-pool data loader, a training thread next to an evaluation thread) the process
-aborts with "Terminating: Nested parallel kernel launch detected, the workqueue threading
-layer does not supported concurrent access". We therefore ask for "threadsafe", i.e. tbb
-(Intel TBB, `pip install tbb`) or omp (GNU OpenMP, libgomp, which ships with gcc).
+Numba runs `prange` loops on a thread pool (its "threading layer"). Several Python threads
+launch parallel kernels at the same time in this project: Hogwild SGD's workers, the
+thread-pool data loader's workers, a training thread next to an evaluation thread. Only the
+tbb (Intel TBB) and omp (OpenMP) layers allow that; the third, `workqueue`, aborts the process
+("Terminating: Nested parallel kernel launch detected, the workqueue threading layer does
+not supported concurrent access"), and Numba's "default" choice falls back to it when
+neither of the others loads. We therefore request "threadsafe": tbb if it loads, else omp.
 
-Measured on the project machines (Linux, numba 0.68, pip package `tbb` 2023.2): "threadsafe"
-loads **tbb**; with NUMBA_THREADING_LAYER=omp the libgomp layer works too. Call
-`kernels._numba.threading_layer()` to see which one a process really uses.
+What that gives: on a plain `pip install minigrad` on Linux (numba 0.68, no `tbb` package:
+minigrad does not depend on it) Numba loads **omp**, through the system's GNU OpenMP runtime
+libgomp.so.1 (part of gcc, present on common Linux systems). Where the optional `tbb` wheel is
+installed (`pip install tbb`), "threadsafe" prefers **tbb**. Both are correct here; call
+`kernels.threading_layer()` to see which one a process really uses.
 
 Rules:
 - if the user set NUMBA_THREADING_LAYER in the environment (or already changed
@@ -40,11 +42,11 @@ import warnings
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange, uintp  # njit, prange, uintp: re-exported for the kernels
+
+from . import _common
 
 __all__ = ["njit", "prange", "uintp", "threading_layer", "valid_range", "SELECTED_LAYER"]
-
-from numba import prange, uintp  # noqa: E402  (re-exported for the kernel modules)
 
 
 def _threadsafe_layer_loadable():
@@ -77,7 +79,7 @@ def _select_threading_layer():
         warnings.warn(
             "kernels: neither the tbb nor the omp Numba threading layer can be loaded; "
             "using Numba's default layer, which aborts if several Python threads run "
-            "parallel kernels at once. `pip install tbb` to fix.",
+            "parallel kernels at once. Install GNU OpenMP (libgomp) or `pip install tbb`.",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -87,13 +89,13 @@ def _select_threading_layer():
 SELECTED_LAYER = _select_threading_layer()
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _touch(a):
     for i in prange(a.shape[0]):
         a[i] += 1.0
 
 
-def threading_layer():
+def threading_layer() -> str:
     """Name of the threading layer Numba really loaded ("tbb", "omp" or "workqueue").
 
     Numba loads the layer on the first parallel launch, so this runs a tiny one first.
@@ -102,21 +104,10 @@ def threading_layer():
     return numba.threading_layer()
 
 
-@njit(cache=True)
-def valid_range(k, pad, stride, in_size, out_size):
-    """Outputs o in [lo, hi) whose input index  i = o*stride + k - pad  lies in [0, in_size).
-
-    This is how the Numba kernels handle zero padding by index arithmetic, without making
-    a padded copy of the input: outside [lo, hi) the tap reads a zero.
-    """
-    # o*stride >= pad - k       ->  o >= ceil((pad - k) / stride)
-    # o*stride <= in_size-1+pad-k ->  o <= floor((in_size - 1 + pad - k) / stride)
-    lo = -((k - pad) // stride)  # ceil((pad - k) / stride), exact for negative numerators
-    if lo < 0:
-        lo = 0
-    hi = (in_size - 1 + pad - k) // stride + 1
-    if hi > out_size:
-        hi = out_size
-    if hi < lo:
-        hi = lo
-    return lo, hi
+# The Numba kernels handle zero padding with the same index arithmetic as the references:
+# one definition (kernels/_common.py), compiled here for use inside @njit code.
+# Caution: Numba's on-disk cache (cache=True) compiles valid_range *into* each kernel that
+# calls it and checks only the kernel's own file for changes; after editing valid_range,
+# touch the files of its callers (direct, im2col, im2row, kn2row, kn2col) or their cached
+# machine code keeps the old version.
+valid_range = njit(cache=True, nogil=True)(_common.valid_range)

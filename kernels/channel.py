@@ -16,7 +16,7 @@ import numpy as np
 from ._numba import njit, prange, uintp
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _bias_add_kernel(y, b):
     n_img, m, hw = y.shape
     yf = y.ravel()
@@ -27,7 +27,7 @@ def _bias_add_kernel(y, b):
             yf[base + uintp(p)] += v
 
 
-@njit(parallel=True, cache=True, fastmath=True)  # fastmath: lets LLVM vectorise the sum
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)  # fastmath: lets LLVM vectorise the sum
 def _plane_sums(dy, sums):
     n_img, m, hw = dy.shape
     df = dy.ravel()
@@ -39,7 +39,7 @@ def _plane_sums(dy, sums):
         sums[job] = s
 
 
-def bias_add(y, b):
+def bias_add(y: np.ndarray, b: np.ndarray) -> np.ndarray:
     """y += b over channels, in place, for a C-contiguous (N, M, ...) NumPy array; returns y."""
     if y.ndim < 2 or b.shape != (y.shape[1],):
         raise ValueError(f"bias_add: bias of shape {b.shape} does not fit y of shape {y.shape} "
@@ -51,7 +51,7 @@ def bias_add(y, b):
     return y
 
 
-def bias_grad(dy):
+def bias_grad(dy: np.ndarray) -> np.ndarray:
     """dy summed over every axis but the channel axis 1: the gradient of bias_add's bias."""
     if dy.ndim < 2:
         raise ValueError(f"bias_grad: dy must be (N, M, ...), got shape {dy.shape}")

@@ -82,7 +82,7 @@ def backward_numpy(dy, x, w, stride, padding):
 # --------------------------------------------------------------------------- Numba
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def _forward_kernel(x, w, sh, sw, ph, pw, ho, wo, y):
     n_img, c_in, h, wd = x.shape
     m, _, kh, kw = w.shape
@@ -118,7 +118,7 @@ def forward_numba(x, w, stride, padding):
     return y
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def _backward_w_kernel(dy, x, sh, sw, ph, pw, dw):
     # dw[m, c, i, j] = sum_{n, oh, ow} dy[n, m, oh, ow] * x[n, c, ih, iw]; job = (m, c)
     n_img, m, ho, wo = dy.shape
@@ -141,7 +141,7 @@ def _backward_w_kernel(dy, x, sh, sw, ph, pw, dw):
                 dw[f, c, i, j] = s
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def _backward_x_kernel(dy, w, sh, sw, ph, pw, dx):
     # Gather: each input pixel dx[n, c, ih, iw] sums the outputs whose window covers it;
     # job = (n, c) plane, so no two jobs write the same pixel.

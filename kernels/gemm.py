@@ -372,7 +372,7 @@ def _dot_kernel(typingctx, kc, a, a_rows, b, b_rows, out):
     return sig, codegen
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gemm_dot_serial(a, bt, c, p0, p1, j_lo, j_hi, accumulate, vl, tile, a_rows, b_rows):
     """c[:, j_lo:j_hi] (+)= a[:, p0:p1] @ bt[j_lo:j_hi, p0:p1].T; a (m, k), bt (n, k)."""
     m, k = a.shape
@@ -402,7 +402,7 @@ def _gemm_dot_serial(a, bt, c, p0, p1, j_lo, j_hi, accumulate, vl, tile, a_rows,
                             c[i0 + i, j0 + j] = s
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gemm_dot_parallel(a, bt, c, partial, accumulate, split_k, bounds, vl):
     """Part t takes depth (split_k) or columns bounds[t]:bounds[t+1]; partial Cs are summed."""
     m = c.shape[0]
@@ -435,7 +435,7 @@ def _gemm_dot_parallel(a, bt, c, partial, accumulate, split_k, bounds, vl):
 # Flat views and unsigned offsets, as in every copy loop here ("Indexing" in _numba.py).
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pack_a(a, a_t, i0, mc, p0, kc, mr, apack):
     """apack[p, k, i] = A[i0 + p*MR + i, p0 + k], zero past the last row."""
     af = a.ravel()
@@ -462,7 +462,7 @@ def _pack_a(a, a_t, i0, mc, p0, kc, mr, apack):
                     apack[base + uintp(k * mr + i)] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pack_b(b, b_t, p0, kc, j0, nc, nr, bpack):
     """bpack[q, k, j] = B[p0 + k, j0 + q*NR + j], zero past the last column."""
     bf = b.ravel()
@@ -491,7 +491,7 @@ def _pack_b(b, b_t, p0, kc, j0, nc, nr, bpack):
 # --------------------------------------------------------------------------- one thread's GEMM
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _store_tile(tf, ld, c, row, col, rows, cols, add):
     """c[row:row+rows, col:col+cols] (+)= the tile's valid part, tf[i*ld + j] (a flat scratch
     tile of ld columns)."""
@@ -503,7 +503,7 @@ def _store_tile(tf, ld, c, row, col, rows, cols, add):
                 c[row + i, col + j] = tf[i * ld + j]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _edge_tile(kc, apack, a_off, bpack, b_off, c, row, col, rows, cols, add, tile):
     """An edge tile of C (fewer than MR rows or NR columns): the narrowest micro-kernel that
     covers `cols` computes MR x (its width) into `tile`, and only the valid part goes to C."""
@@ -519,7 +519,7 @@ def _edge_tile(kc, apack, a_off, bpack, b_off, c, row, col, rows, cols, add, til
     _store_tile(tf, nr, c, row, col, rows, cols, add)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _macro_kernel(k, apack, bpack, c, i0, i1, j0, j1, accumulate, mr, nr, kc_max, tile):
     """c[i0:i1, j0:j1] (+)= A @ B from operands packed over their whole depth k:
     apack[p*k*MR + kk*MR + i] = A[i0 + p*MR + i, kk]
@@ -550,7 +550,7 @@ def _macro_kernel(k, apack, bpack, c, i0, i1, j0, j1, accumulate, mr, nr, kc_max
 # windows of a padded image, so the patch matrix is never written out.
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _macro_kernel_rows_b(k, apack, b, b_tab, c, m, n, accumulate, mr, nr, kc_max, tile):
     """c[:m, :n] (+)= A @ B,  A packed over its whole depth k as in _macro_kernel,
     B[kk, j] = b[b_tab[kk] + j]. Every B row is read NR numbers at a time, so b must hold
@@ -580,7 +580,7 @@ def _macro_kernel_rows_b(k, apack, b, b_tab, c, m, n, accumulate, mr, nr, kc_max
                 _store_tile(tf, nr, c, i_r, j_r, rows, cols, add)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _macro_kernel_rows_a(k, a, a_tab, bpack, c, m, n, accumulate, mr, nr, kc_max, tile):
     """c[:m, :n] (+)= A @ B,  A[i, kk] = a[a_tab[i] + kk] (a_tab holds ceil(m/MR)*MR entries,
     those past row m any valid offset), B packed over its whole depth k as in _macro_kernel,
@@ -613,7 +613,7 @@ def _macro_kernel_rows_a(k, a, a_tab, bpack, c, m, n, accumulate, mr, nr, kc_max
                 _store_tile(tf, nr, c, i_r, j_r, rows, cols, add)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gemm_serial(a, a_t, b, b_t, c, i0, i1, j0, j1, p0, p1, accumulate,
                  mr, nr, kc_max, mc_max, nc_max, apack, bpack, tile):
     """c[i0:i1, j0:j1] (+)= a[i0:i1, p0:p1] @ b[p0:p1, j0:j1]; c is C-contiguous."""
@@ -633,7 +633,7 @@ def _gemm_serial(a, a_t, b, b_t, c, i0, i1, j0, j1, p0, p1, accumulate,
 # --------------------------------------------------------------------------- the parallel GEMM
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gemm_parallel(a, a_t, b, b_t, c, partial, accumulate, split, bounds,
                    mr, nr, kc_max, mc_max, nc_max, apacks, bpacks, tiles):
     """Part t computes rows/cols/depth bounds[t]:bounds[t+1] (split = 0 M, 1 N, 2 K)."""
@@ -782,7 +782,28 @@ def uses_numba(dtype):
     return available(dtype)
 
 
-def matmul(a, b, out=None, accumulate=False):
+def gemm_info() -> dict:
+    """Which GEMM runs where, for `minigrad info` and for bench reports.
+
+    {"mode": MINIGRAD_GEMM's mode, "avx512": bool, "float32": where, "float64": where}, where
+    `where` is "kernels.gemm (Numba, <ISA>, <MR>x<NR> tile)" or "NumPy's BLAS". <ISA> is
+    "AVX-512" when each vector FMA is one 512-bit instruction, else "no AVX-512: each vector
+    is split by LLVM" (correct, and slower than OpenBLAS; only MODE="numba" picks it there).
+    """
+    isa = "AVX-512" if HAS_AVX512 else "no AVX-512: each vector is split by LLVM"
+
+    def where(dtype):
+        if not uses_numba(dtype):
+            return "NumPy's BLAS"
+        mr, nr = tile_shape(dtype)
+        return f"kernels.gemm (Numba, {isa}, {mr}x{nr} tile)"
+
+    return {"mode": MODE, "avx512": HAS_AVX512, "float32": where(np.float32),
+            "float64": where(np.float64)}
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+           accumulate: bool = False) -> np.ndarray:
     """a @ b like np.matmul for 2-D operands and stacks of them (3-D, same batch size).
 
     Goes to `gemm` when uses_numba(a.dtype), else to np.matmul. `out`, when given, must be

@@ -223,7 +223,7 @@ def _tap_tables(c, h, wd, kh, kw, stride, padding, ho, wo):
     return off, base.astype(np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pad_image(x, n, ph, pw, xpad):
     """The interior of xpad (C, Hp, Wp) = x[n]; its zero border is written once, by the caller."""
     _, c_in, h, wd = x.shape
@@ -238,7 +238,7 @@ def _pad_image(x, n, ph, pw, xpad):
                 xpf[dst + uintp(iw)] = xf[src + uintp(iw)]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lower_packed(xpad, off, base, nr, bpack):
     """B = cols (CKK x HoWo) as the GEMM packs it: bpack[q, r, j] = cols[r, q*NR + j]."""
     xpf = xpad.ravel()
@@ -255,7 +255,7 @@ def _lower_packed(xpad, off, base, nr, bpack):
                 bpack[dst + uintp(j)] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lower_packed_t(xpad, off, base, nr, bpack):
     """B = cols^T (HoWo x CKK) as the GEMM packs it: bpack[q, p, j] = cols[q*NR + j, p]."""
     xpf = xpad.ravel()
@@ -272,7 +272,7 @@ def _lower_packed_t(xpad, off, base, nr, bpack):
                 bpack[dst + uintp(j)] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _im2col_image(x, n, kh, kw, sh, sw, ph, pw, ho, wo, cols):
     """Plain cols (CKK, HoWo) of image n (the one-by-one path):
     cols[(c, i, j), (oh, ow)] = x[n, c, oh*sh + i - ph, ow*sw + j - pw], 0 outside."""
@@ -302,7 +302,7 @@ def _im2col_image(x, n, kh, kw, sh, sw, ph, pw, ho, wo, cols):
                 cf[dst + uintp(ow)] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _col2im_image(dcols, n, kh, kw, sh, sw, ph, pw, ho, wo, dx):
     """dx[n] = the adjoint of _im2col_image: every dcols entry added onto its input pixel."""
     _, c_in, h, wd = dx.shape
@@ -327,7 +327,7 @@ def _col2im_image(dcols, n, kh, kw, sh, sw, ph, pw, ho, wo, dx):
                 dxf[dst + uintp(ow * sw)] += dcf[src + uintp(ow)]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _forward_images(x, wpack, off, base, ph, pw, y, bounds, xpads, bpacks, mr, nr, kc, tiles):
     """Thread t: for n in bounds[t]:bounds[t+1], y[n] (M x HoWo) = W_mat @ cols(x[n])."""
     m, hw = y.shape[1], y.shape[2]
@@ -339,7 +339,7 @@ def _forward_images(x, wpack, off, base, ph, pw, y, bounds, xpads, bpacks, mr, n
             _macro_kernel(ckk, wpack, bpacks[t], y[n], 0, m, 0, hw, False, mr, nr, kc, tiles[t])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _backward_images(dy, x, wtpack, off, base, kh, kw, sh, sw, ph, pw, dx, dw_parts, need_dx,
                      bounds, xpads, colpacks, apacks, bpacks, dcols_bufs, mr, nr, kc, tiles):
     """Thread t, for its images n: dw_parts[t] += dy[n] @ cols_n^T; dx[n] = col2im(W^T dy[n])."""
@@ -420,7 +420,7 @@ def _uses_windows(stride, kw, wp):
     return tuple(stride) == (1, 1) and 3 * (kw - 1) <= wp
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _crop(src, ld, first, rows, width, dst, n):
     """dst[n] (rows x width, flat) = src's rows of ld numbers, from column `first` on."""
     sf = src.ravel()
@@ -433,7 +433,7 @@ def _crop(src, ld, first, rows, width, dst, n):
             df[d + uintp(j)] = sf[s + uintp(j)]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _forward_windows(x, wpack, off, ckk, ph, pw, y, bounds, xpads, yexts, mr, nr, kc, tiles):
     """Thread t, for its images n: y[n] = W_mat @ cols(x[n]), cols read in place in xpad."""
     m, ho, wo = y.shape[1], y.shape[2], y.shape[3]
@@ -446,7 +446,7 @@ def _forward_windows(x, wpack, off, ckk, ph, pw, y, bounds, xpads, yexts, mr, nr
             _crop(yexts[t], wp, 0, m * ho, wo, y, n)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _spread_dy(dy, n, wp, lead, lz, dz):
     """dz[m*lz + lead + oh*Wp + ow] = dy[n, m, oh, ow]; the rest of dz stays zero."""
     _, m_out, ho, wo = dy.shape
@@ -459,7 +459,7 @@ def _spread_dy(dy, n, wp, lead, lz, dz):
                 dz[d + uintp(ow)] = dyf[s + uintp(ow)]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pack_dy_t(dy, n, wp, nr, bpack):
     """B = dY_ext^T (Ho*Wp x M) as the GEMM packs it: bpack[q, oh*Wp + ow, j] = dy[n, q*NR + j,
     oh, ow]. Extra columns (ow >= Wo) and rows past M are left as they are: zero."""
@@ -476,7 +476,7 @@ def _pack_dy_t(dy, n, wp, nr, bpack):
                     bpack[d + uintp(j)] = dyf[s + uintp(j * ho * wo)]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _backward_windows(dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts, need_dx,
                       bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc, tiles):
     """Thread t, for its images n: dwt_parts[t] += cols(x[n]) @ dY_ext^T, and

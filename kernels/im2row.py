@@ -130,7 +130,7 @@ def backward_numpy(dy, x, w, stride, padding):
 # --------------------------------------------------------------------------- Numba
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def _im2row_kernel(x, kh, kw, sh, sw, ph, pw, ho, wo, rows):
     # One job per (n, oh): it writes Wo whole rows of C*KH*KW entries.
     # Flat views + unsigned (uintp) offsets: see "Indexing" in kernels/_numba.py.
@@ -162,7 +162,7 @@ def _im2row_kernel(x, kh, kw, sh, sw, ph, pw, ho, wo, rows):
                         rf[dst + uintp(ow * ckk)] = 0
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def _row2im_kernel(drows, kh, kw, sh, sw, ph, pw, ho, wo, dx):
     # One job per (n, c) plane of dx: it alone writes that plane (no races). dx zeroed.
     n_img, c_in, h, wd = dx.shape
@@ -195,7 +195,7 @@ def im2row_numba(x, kh, kw, stride, padding):
     return rows
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def _row2im_images_kernel(drows, kh, kw, sh, sw, ph, pw, ho, wo, dx):
     # One job per image n: it alone writes dx[n] (no races) and reads its Ho*Wo rows of
     # drows front to back, contiguously. (The per-plane kernel above reads each row with a

@@ -46,10 +46,10 @@ summing the K*K M-vectors in a small row buffer before writing them out channel-
 import numpy as np
 
 from . import kn2row
-from ._common import out_size
+from ._common import out_size, taps
 from ._numba import njit, prange, uintp, valid_range  # sets the threading layer
 from .gemm import matmul
-from .kn2row import SMALL_C, chunk_images, input_slice, span
+from .kn2row import SMALL_C, chunk_images
 
 
 def kernel_matrix_t(w):
@@ -64,7 +64,6 @@ def kernel_matrix_t(w):
 def forward_numpy(x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, padding
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
 
     wc = kernel_matrix_t(w)                                       # C x (KH*KW*M)
@@ -74,42 +73,30 @@ def forward_numpy(x, w, stride, padding):
     for b in range(n):
         np.matmul(x[b].reshape(c, h * wd).T, wc, out=p)           # (H*W x C) @ (C x K*K*M)
         yb = y[b].transpose(1, 2, 0)                              # channels-last view of y[b]
-        for i in range(kh):
-            oh0, oh1, ih0 = span(ho, h, i - ph, sh)
-            for j in range(kw):
-                ow0, ow1, iw0 = span(wo, wd, j - pw, sw)
-                if oh1 > oh0 and ow1 > ow0:
-                    yb[oh0:oh1, ow0:ow1, :] += p5[input_slice(oh0, oh1, ih0, sh),
-                                                  input_slice(ow0, ow1, iw0, sw), i, j, :]
+        for t in taps(x.shape, w.shape, stride, padding):         # K*K clipped shift-adds
+            yb[t.oh, t.ow, :] += p5[t.ih, t.iw, t.i, t.j, :]
     return y
 
 
 def backward_numpy(dy, x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, padding
-    ho, wo = out_size(h, wd, kh, kw, stride, padding)
 
     wc = kernel_matrix_t(w)
     dp = np.empty((h * wd, kh * kw * m), dtype=x.dtype)
     dp5 = dp.reshape(h, wd, kh, kw, m)
     dwc = np.zeros((c, kh * kw * m), dtype=x.dtype)
-    t = np.empty((c, kh * kw * m), dtype=x.dtype)
+    share = np.empty((c, kh * kw * m), dtype=x.dtype)             # one image's share
     dx = np.empty_like(x)
     for b in range(n):
         dyb = dy[b].transpose(1, 2, 0)                            # channels-last view of dy[b]
         dp.fill(0)
-        for i in range(kh):
-            oh0, oh1, ih0 = span(ho, h, i - ph, sh)
-            for j in range(kw):
-                ow0, ow1, iw0 = span(wo, wd, j - pw, sw)
-                if oh1 > oh0 and ow1 > ow0:
-                    dp5[input_slice(oh0, oh1, ih0, sh), input_slice(ow0, ow1, iw0, sw),
-                        i, j, :] = dyb[oh0:oh1, ow0:ow1, :]
+        for t in taps(x.shape, w.shape, stride, padding):
+            dp5[t.ih, t.iw, t.i, t.j, :] = dyb[t.oh, t.ow, :]
         xb = x[b].reshape(c, h * wd)
         np.matmul(wc, dp.T, out=dx[b].reshape(c, h * wd))         # dx[n] = Wc dP^T
-        np.matmul(xb, dp, out=t)                                  # dWc += x[n] dP
-        dwc += t
+        np.matmul(xb, dp, out=share)                              # dWc += x[n] dP
+        dwc += share
     dw = np.ascontiguousarray(dwc.reshape(c, kh, kw, m).transpose(3, 0, 1, 2))
     return dx, dw
 
@@ -131,7 +118,7 @@ backward_workspace_bytes = kn2row.backward_workspace_bytes
 # slower; with C <= kn2row.SMALL_C the GEMM is an outer product (K = C) and a Numba loop
 # beats BLAS. The Numba forward therefore holds bs images' partials (workspace_bytes
 # describes the NumPy reference). Flat views + unsigned offsets: see kernels/_numba.py.
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _small_gemm_t_nb(x3, wc, p):
     """p[b] = x3[b]^T @ wc for tiny C: one (b, pixel) row of KH*KW*M per iteration."""
     bs, c, hw = x3.shape
@@ -152,7 +139,7 @@ def _small_gemm_t_nb(x3, wc, p):
                 pf[dst + uintp(r)] += xv * wf[uintp(cc * cols + r)]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _shift_add_nb(p, y, h, wd, kh, kw, sh, sw, ph, pw):
     """y[b, :, oh, :] = sum over taps of the clipped, strided M-vectors of P[b]; one row each.
 
@@ -186,7 +173,7 @@ def _shift_add_nb(p, y, h, wd, kh, kw, sh, sw, ph, pw):
                 yf[base + uintp(ow)] = acc[uintp(ow * m + mm)]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gather_nb(dy, dp, h, wd, kh, kw, sh, sw, ph, pw):
     """dP = S^T(dy) in the partial-map layout; each (b, input row ih) is one iteration's."""
     bs, m, ho, wo = dy.shape

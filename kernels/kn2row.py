@@ -50,32 +50,9 @@ the note above forward_numba's kernels; its partial holds a chunk of images, not
 """
 import numpy as np
 
-from ._common import out_size
+from ._common import out_size, taps
 from ._numba import njit, prange, uintp, valid_range  # sets the threading layer
 from .gemm import matmul
-
-
-# --------------------------------------------------------------------------------------------
-# Border clipping, shared by kn2row, kn2row_aa and kn2col.
-# --------------------------------------------------------------------------------------------
-def span(o_size, in_size, offset, stride):
-    """The outputs o in [o0, o1) whose input o*stride + offset lies inside [0, in_size).
-
-    offset = tap - padding. Returns (o0, o1, i0) with i0 = o0*stride + offset the first input
-    index read; o1 == o0 means this tap touches no output at all.
-    """
-    o0 = max(0, -(offset // stride))                      # ceil(-offset / stride), >= 0
-    o1 = min(o_size, (in_size - 1 - offset) // stride + 1)
-    o1 = max(o0, o1)
-    return o0, o1, o0 * stride + offset
-
-
-span_nb = njit(cache=True)(span)
-
-
-def input_slice(o0, o1, i0, stride):
-    """The strided input slice that outputs [o0, o1) of one tap read."""
-    return slice(i0, i0 + (o1 - o0 - 1) * stride + 1, stride)
 
 
 def kernel_matrix(w):
@@ -90,7 +67,6 @@ def kernel_matrix(w):
 def forward_numpy(x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, padding
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
 
     wk = kernel_matrix(w)                                          # (KH*KW*M, C)
@@ -99,44 +75,32 @@ def forward_numpy(x, w, stride, padding):
     y = np.zeros((n, m, ho, wo), dtype=x.dtype)
     for b in range(n):
         np.matmul(wk, x[b].reshape(c, h * wd), out=p)              # ONE GEMM per image
-        for i in range(kh):                                        # K*K clipped shift-adds
-            oh0, oh1, ih0 = span(ho, h, i - ph, sh)
-            for j in range(kw):
-                ow0, ow1, iw0 = span(wo, wd, j - pw, sw)
-                if oh1 > oh0 and ow1 > ow0:
-                    y[b, :, oh0:oh1, ow0:ow1] += p5[i, j, :, input_slice(oh0, oh1, ih0, sh),
-                                                    input_slice(ow0, ow1, iw0, sw)]
+        for t in taps(x.shape, w.shape, stride, padding):          # K*K clipped shift-adds
+            y[b, :, t.oh, t.ow] += p5[t.i, t.j, :, t.ih, t.iw]
     return y
 
 
 def backward_numpy(dy, x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, padding
-    ho, wo = out_size(h, wd, kh, kw, stride, padding)
 
     wk = kernel_matrix(w)                                          # (KH*KW*M, C)
     dp = np.empty((kh * kw * m, h * wd), dtype=x.dtype)            # dy gathered into K*K maps
     dp5 = dp.reshape(kh, kw, m, h, wd)
     dwk = np.zeros((kh * kw * m, c), dtype=x.dtype)                # accumulates over images
-    t = np.empty((kh * kw * m, c), dtype=x.dtype)                  # one image's share
+    share = np.empty((kh * kw * m, c), dtype=x.dtype)              # one image's share
     dx = np.empty_like(x)
     for b in range(n):
         # dP = S^T(dy): the adjoint of the shift-add. Tap (i, j) sent P_ij[ih, iw] to
         # y[oh, ow]; the gradient goes back the same way (a plain copy: for one tap the map
         # (oh, ow) -> (ih, iw) is one-to-one). Input pixels no output reads stay zero.
         dp.fill(0)
-        for i in range(kh):
-            oh0, oh1, ih0 = span(ho, h, i - ph, sh)
-            for j in range(kw):
-                ow0, ow1, iw0 = span(wo, wd, j - pw, sw)
-                if oh1 > oh0 and ow1 > ow0:
-                    dp5[i, j, :, input_slice(oh0, oh1, ih0, sh),
-                        input_slice(ow0, ow1, iw0, sw)] = dy[b, :, oh0:oh1, ow0:ow1]
+        for t in taps(x.shape, w.shape, stride, padding):
+            dp5[t.i, t.j, :, t.ih, t.iw] = dy[b, :, t.oh, t.ow]
         xb = x[b].reshape(c, h * wd)
         np.matmul(wk.T, dp, out=dx[b].reshape(c, h * wd))         # dx = Wk^T dP
-        np.matmul(dp, xb.T, out=t)                                 # dWk += dP x^T
-        dwk += t
+        np.matmul(dp, xb.T, out=share)                             # dWk += dP x^T
+        dwk += share
     dw = np.ascontiguousarray(dwk.reshape(kh, kw, m, c).transpose(2, 3, 0, 1))
     return dx, dw
 
@@ -189,7 +153,7 @@ def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
     return itemsize * kh * kw * m * (c + bs * h * wd)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _small_gemm_nb(wk, x3, p):
     """p[b] = wk @ x3[b] for tiny C (K of the GEMM): one (b, row) per iteration."""
     bs, c, hw = x3.shape
@@ -211,7 +175,7 @@ def _small_gemm_nb(wk, x3, p):
                 pf[dst + uintp(q)] += wc * xf[s + uintp(q)]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _shift_add_nb(p, y, kh, kw, sh, sw, ph, pw, h, wd):
     """y[b, m] = sum_ij clipped, strided shift of P_ij[b, m]; one (b, m) plane per iteration.
 
@@ -248,7 +212,7 @@ def _shift_add_nb(p, y, kh, kw, sh, sw, ph, pw, h, wd):
                             yf[dst + uintp(t)] += pf[src + uintp(t * sw)]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gather_nb(dy, dp, kh, kw, sh, sw, ph, pw, h, wd):
     """dP = S^T(dy) for a chunk: dp (bs, KH*KW*M, H*W) from dy (bs, M, Ho, Wo).
 

@@ -41,9 +41,9 @@ kernel per tap and chunk; see the note at the Numba section for the chunk's memo
 """
 import numpy as np
 
-from ._common import out_size
+from ._common import out_size, taps
 from ._numba import njit, prange, uintp  # sets the threading layer
-from .kn2row import SMALL_C, chunk_images, input_slice, span
+from .kn2row import SMALL_C, chunk_images
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,64 +52,49 @@ from .kn2row import SMALL_C, chunk_images, input_slice, span
 def forward_numpy(x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, padding
+    sh = stride[0]
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
 
     wij = np.empty((m, c), dtype=x.dtype)                   # one tap's M x C weights
     p = np.empty((m, h * wd), dtype=x.dtype)                # the one partial
     y = np.zeros((n, m, ho, wo), dtype=x.dtype)             # the accumulator
-    for i in range(kh):
-        oh0, oh1, ih0 = span(ho, h, i - ph, sh)
-        if oh1 == oh0:
-            continue
-        r0, r1 = ih0, ih0 + (oh1 - oh0 - 1) * sh + 1        # input rows this tap reads
-        for j in range(kw):
-            ow0, ow1, iw0 = span(wo, wd, j - pw, sw)
-            if ow1 == ow0:
-                continue
-            wij[...] = w[:, :, i, j]
-            pb = p[:, :(r1 - r0) * wd]                       # partial on the band
-            pb3 = pb.reshape(m, r1 - r0, wd)
-            for b in range(n):
-                xband = x[b, :, r0:r1, :].reshape(c, (r1 - r0) * wd)   # a view, no copy
-                np.matmul(wij, xband, out=pb)
-                y[b, :, oh0:oh1, ow0:ow1] += pb3[:, ::sh, input_slice(ow0, ow1, iw0, sw)]
+    for t in taps(x.shape, w.shape, stride, padding):
+        r0, r1 = t.ih.start, t.ih.stop                       # the band: input rows t reads
+        wij[...] = w[:, :, t.i, t.j]
+        pb = p[:, :(r1 - r0) * wd]                           # partial on the band
+        pb3 = pb.reshape(m, r1 - r0, wd)
+        for b in range(n):
+            xband = x[b, :, r0:r1, :].reshape(c, (r1 - r0) * wd)   # a view, no copy
+            np.matmul(wij, xband, out=pb)
+            y[b, :, t.oh, t.ow] += pb3[:, ::sh, t.iw]
     return y
 
 
 def backward_numpy(dy, x, w, stride, padding):
     n, c, h, wd = x.shape
-    m, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, padding
-    ho, wo = out_size(h, wd, kh, kw, stride, padding)
+    m = w.shape[0]
+    sh = stride[0]
 
     wij = np.empty((m, c), dtype=x.dtype)
     dp = np.empty((m, h * wd), dtype=x.dtype)               # dy gathered back for one tap
-    t = np.empty((m, c), dtype=x.dtype)                     # one image's dW_ij
+    dwij = np.empty((m, c), dtype=x.dtype)                  # one image's dW_ij
     q = np.empty((c, h * wd), dtype=x.dtype)                # one image's share of dx
     dx = np.zeros_like(x)
     dw = np.zeros_like(w)
-    for i in range(kh):
-        oh0, oh1, ih0 = span(ho, h, i - ph, sh)
-        if oh1 == oh0:
-            continue
-        r0, r1 = ih0, ih0 + (oh1 - oh0 - 1) * sh + 1
-        for j in range(kw):
-            ow0, ow1, iw0 = span(wo, wd, j - pw, sw)
-            if ow1 == ow0:
-                continue
-            wij[...] = w[:, :, i, j]
-            band = (r1 - r0) * wd
-            dpb, qb = dp[:, :band], q[:, :band]
-            dpb3 = dpb.reshape(m, r1 - r0, wd)
-            for b in range(n):
-                dpb.fill(0)                                  # S_ij^T: a one-to-one copy
-                dpb3[:, ::sh, input_slice(ow0, ow1, iw0, sw)] = dy[b, :, oh0:oh1, ow0:ow1]
-                xband = x[b, :, r0:r1, :].reshape(c, band)
-                np.matmul(dpb, xband.T, out=t)               # dW_ij += dP x^T
-                dw[:, :, i, j] += t
-                np.matmul(wij.T, dpb, out=qb)                # dx += W_ij^T dP
-                dx[b, :, r0:r1, :] += qb.reshape(c, r1 - r0, wd)
+    for t in taps(x.shape, w.shape, stride, padding):
+        r0, r1 = t.ih.start, t.ih.stop                       # the band: input rows t reads
+        wij[...] = w[:, :, t.i, t.j]
+        band = (r1 - r0) * wd
+        dpb, qb = dp[:, :band], q[:, :band]
+        dpb3 = dpb.reshape(m, r1 - r0, wd)
+        for b in range(n):
+            dpb.fill(0)                                      # S_ij^T: a one-to-one copy
+            dpb3[:, ::sh, t.iw] = dy[b, :, t.oh, t.ow]
+            xband = x[b, :, r0:r1, :].reshape(c, band)
+            np.matmul(dpb, xband.T, out=dwij)                # dW_ij += dP x^T
+            dw[:, :, t.i, t.j] += dwij
+            np.matmul(wij.T, dpb, out=qb)                    # dx += W_ij^T dP
+            dx[b, :, r0:r1, :] += qb.reshape(c, r1 - r0, wd)
     return dx, dw
 
 
@@ -158,7 +143,7 @@ def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
     return 0 if c <= SMALL_C else itemsize * m * (h * wd + c)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _shift_add_tap_nb(p, y, oh0, oh1, ow0, ow1, iw0, sh, sw):
     """y[b, m, oh0:oh1, ow0:ow1] += P[b, m] at the tap's strided inputs; one plane each.
 
@@ -181,7 +166,7 @@ def _shift_add_tap_nb(p, y, oh0, oh1, ow0, ow1, iw0, sh, sw):
                     yf[dst + uintp(t)] += pf[src + uintp(t * sw)]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _fused_tap_nb(x, w, i, j, y, oh0, oh1, ih0, ow0, ow1, iw0, sh, sw):
     """Tiny C: y[b, m, oh, ow] += sum_c w[m, c, i, j] * x[b, c, ih, iw] for one tap."""
     n, c, h, wd = x.shape
@@ -201,7 +186,7 @@ def _fused_tap_nb(x, w, i, j, y, oh0, oh1, ih0, ow0, ow1, iw0, sh, sw):
                     yf[dst + uintp(t)] += wv * xf[src + uintp(t * sw)]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gather_tap_nb(dy, dp, oh0, oh1, ow0, ow1, iw0, sh, sw):
     """dP[b, m] = S_ij^T(dy[b, m]) on the band, zero where no output reads; one map each."""
     bs, m, r, wd = dp.shape
@@ -220,7 +205,7 @@ def _gather_tap_nb(dy, dp, oh0, oh1, ow0, ow1, iw0, sh, sw):
                 dpf[dst + uintp(t * sw)] = dyf[src + uintp(t)]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _add_band_nb(q, dx3, b0, off):
     """dx3[b0 + b, c, off:off + band] += q[b, c]; one (b, c) row per iteration."""
     bs, c, band = q.shape
@@ -237,7 +222,7 @@ def _add_band_nb(q, dx3, b0, off):
 def forward_numba(x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, padding
+    sh, sw = stride
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
     y = np.zeros((n, m, ho, wo), dtype=x.dtype)             # the accumulator
     small = c <= SMALL_C
@@ -246,64 +231,50 @@ def forward_numba(x, w, stride, padding):
         wij = np.empty((m, c), dtype=x.dtype)
         bs = BS
         p = np.empty(bs * m * h * wd, dtype=x.dtype)        # partials of bs images, flat
-    for i in range(kh):
-        oh0, oh1, ih0 = span(ho, h, i - ph, sh)
-        if oh1 == oh0:
+    for t in taps(x.shape, w.shape, stride, padding):
+        r0, r1 = t.ih.start, t.ih.stop                       # the band: input rows t reads
+        oh0, oh1, ow0, ow1, iw0 = t.oh.start, t.oh.stop, t.ow.start, t.ow.stop, t.iw.start
+        if small:
+            _fused_tap_nb(x, w, t.i, t.j, y, oh0, oh1, r0, ow0, ow1, iw0, sh, sw)
             continue
-        r0, r1 = ih0, ih0 + (oh1 - oh0 - 1) * sh + 1        # input rows this tap reads
-        for j in range(kw):
-            ow0, ow1, iw0 = span(wo, wd, j - pw, sw)
-            if ow1 == ow0:
-                continue
-            if small:
-                _fused_tap_nb(x, w, i, j, y, oh0, oh1, ih0, ow0, ow1, iw0, sh, sw)
-                continue
-            wij[...] = w[:, :, i, j]
-            band = (r1 - r0) * wd
-            for b0 in range(0, n, bs):
-                b1 = min(n, b0 + bs)
-                pb = p[:(b1 - b0) * m * band].reshape(b1 - b0, m, band)
-                np.matmul(wij, x3[b0:b1, :, r0 * wd:r1 * wd], out=pb)   # BLAS, stacked
-                _shift_add_tap_nb(pb.reshape(b1 - b0, m, r1 - r0, wd), y[b0:b1],
-                                  oh0, oh1, ow0, ow1, iw0, sh, sw)
+        wij[...] = w[:, :, t.i, t.j]
+        band = (r1 - r0) * wd
+        for b0 in range(0, n, bs):
+            b1 = min(n, b0 + bs)
+            pb = p[:(b1 - b0) * m * band].reshape(b1 - b0, m, band)
+            np.matmul(wij, x3[b0:b1, :, r0 * wd:r1 * wd], out=pb)   # BLAS, stacked
+            _shift_add_tap_nb(pb.reshape(b1 - b0, m, r1 - r0, wd), y[b0:b1],
+                              oh0, oh1, ow0, ow1, iw0, sh, sw)
     return y
 
 
 def backward_numba(dy, x, w, stride, padding):
     n, c, h, wd = x.shape
-    m, _, kh, kw = w.shape
-    (sh, sw), (ph, pw) = stride, padding
-    ho, wo = out_size(h, wd, kh, kw, stride, padding)
+    m = w.shape[0]
+    sh, sw = stride
     x3 = x.reshape(n, c, h * wd)
     bs = chunk_images(n, max(m, c) * h * wd * x.itemsize)
     wij = np.empty((m, c), dtype=x.dtype)
     dp = np.empty(bs * m * h * wd, dtype=x.dtype)           # dP of bs images, flat
-    t = np.empty((bs, m, c), dtype=x.dtype)                 # per-image dW_ij shares
+    dwij = np.empty((bs, m, c), dtype=x.dtype)              # per-image dW_ij shares
     q = np.empty(bs * c * h * wd, dtype=x.dtype)            # per-image shares of dx
     dx = np.zeros_like(x)
     dx3 = dx.reshape(n, c, h * wd)
     dw = np.zeros_like(w)
-    for i in range(kh):
-        oh0, oh1, ih0 = span(ho, h, i - ph, sh)
-        if oh1 == oh0:
-            continue
-        r0, r1 = ih0, ih0 + (oh1 - oh0 - 1) * sh + 1
-        for j in range(kw):
-            ow0, ow1, iw0 = span(wo, wd, j - pw, sw)
-            if ow1 == ow0:
-                continue
-            wij[...] = w[:, :, i, j]
-            band = (r1 - r0) * wd
-            for b0 in range(0, n, bs):
-                b1 = min(n, b0 + bs)
-                nb = b1 - b0
-                dpb = dp[:nb * m * band].reshape(nb, m, band)
-                qb = q[:nb * c * band].reshape(nb, c, band)
-                _gather_tap_nb(dy[b0:b1], dpb.reshape(nb, m, r1 - r0, wd),
-                               oh0, oh1, ow0, ow1, iw0, sh, sw)
-                xband = x3[b0:b1, :, r0 * wd:r1 * wd]
-                np.matmul(dpb, xband.transpose(0, 2, 1), out=t[:nb])      # dW_ij += dP x^T
-                dw[:, :, i, j] += t[:nb].sum(axis=0) if nb > 1 else t[0]
-                np.matmul(wij.T, dpb, out=qb)                             # dx += W_ij^T dP
-                _add_band_nb(qb, dx3, b0, r0 * wd)
+    for t in taps(x.shape, w.shape, stride, padding):
+        r0, r1 = t.ih.start, t.ih.stop                       # the band: input rows t reads
+        wij[...] = w[:, :, t.i, t.j]
+        band = (r1 - r0) * wd
+        for b0 in range(0, n, bs):
+            b1 = min(n, b0 + bs)
+            nb = b1 - b0
+            dpb = dp[:nb * m * band].reshape(nb, m, band)
+            qb = q[:nb * c * band].reshape(nb, c, band)
+            _gather_tap_nb(dy[b0:b1], dpb.reshape(nb, m, r1 - r0, wd),
+                           t.oh.start, t.oh.stop, t.ow.start, t.ow.stop, t.iw.start, sh, sw)
+            xband = x3[b0:b1, :, r0 * wd:r1 * wd]
+            np.matmul(dpb, xband.transpose(0, 2, 1), out=dwij[:nb])   # dW_ij += dP x^T
+            dw[:, :, t.i, t.j] += dwij[:nb].sum(axis=0) if nb > 1 else dwij[0]
+            np.matmul(wij.T, dpb, out=qb)                             # dx += W_ij^T dP
+            _add_band_nb(qb, dx3, b0, r0 * wd)
     return dx, dw

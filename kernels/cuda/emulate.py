@@ -243,7 +243,7 @@ class FakeCupy:
     def asnumpy(self, a):
         return np.array(a)
 
-    def RawModule(self, code=None, options=(), **kw):   # noqa: N802 (CuPy's name)
+    def RawModule(self, code=None, options=(), **kw):   # CuPy's name, not PEP 8
         if code is None or kw:
             raise TypeError("emulated RawModule takes code= and options= only")
         return EmulatedModule(self, code, options)
