@@ -13,8 +13,6 @@ import numpy as np
 
 from . import config, kernels
 from .backend import get_array_module
-from .kernels import channel as _channel
-from .kernels.gemm import matmul as _gemm_matmul
 from .random import generator
 from .tensor import Tensor, _check_same_device
 
@@ -24,7 +22,7 @@ IntPair = int | tuple[int, int]
 def _mm(a, b):
     """a @ b; 2-D products on the CPU go to kernels.gemm (its GEMM or BLAS, see its MODE)."""
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim == 2:
-        return _gemm_matmul(a, b)
+        return kernels.matmul(a, b)
     return a @ b
 
 
@@ -140,7 +138,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntPai
             raise ValueError(f"conv2d: bias of shape {bias.shape} does not match weight "
                              f"{weight.shape} (expected ({weight.shape[0]},))")
         if backend == "numba":
-            _channel.bias_add(y, bias.data)
+            kernels.bias_add(y, bias.data)
         else:
             y += bias.data.reshape(1, -1, 1, 1)
     parents = (x, weight) if bias is None else (x, weight, bias)
@@ -151,7 +149,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntPai
                                          saved=saved, need_dx=x.requires_grad)
         if bias is None:
             return dx, dw
-        db = _channel.bias_grad(g) if backend == "numba" else g.sum(axis=(0, 2, 3))
+        db = kernels.bias_grad(g) if backend == "numba" else g.sum(axis=(0, 2, 3))
         return dx, dw, db
 
     return Tensor._make(y, parents, backward, "conv2d")
