@@ -15,7 +15,9 @@ sgemm_gflops (NumPy's sgemm here, measured in the same run: a yardstick, not a c
 Rounds adapt to the kernel's speed (bench/common.py: about 0.6 s of timing each, 2 to 20
 rounds, after a warm-up call that also triggers Numba compilation). The direct NumPy
 reference (Python loops over output pixels) is excluded from the "wide" layer: it takes tens
-of seconds there.
+of seconds there. An algorithm is benchmarked on the layers it can compute
+(kernels.supports): winograd, F(2x2, 3x3), on 3x3 stride-1 layers only, which every layer
+here is; a layer added with another kernel or stride is skipped for it, with the reason.
 """
 import numpy as np
 import pytest
@@ -87,8 +89,11 @@ def _record(benchmark, *, layer, pass_, algo, backend, engine, ws, sgemm):
 def test_conv(benchmark, sgemm_gflops, layer, algo, backend, pass_):
     if (layer, algo, backend) in SKIP:
         pytest.skip("direct NumPy reference is too slow for this layer (tens of seconds)")
-    benchmark.group = f"{layer} {pass_}"
     x_shape, w_shape, stride, padding = LAYERS[layer]
+    if not kernels.supports(algo, w_shape, stride):
+        pytest.skip(f"{algo}: 3x3 stride 1 only (layer {layer}: kernel "
+                    f"{w_shape[2]}x{w_shape[3]}, stride {stride})")
+    benchmark.group = f"{layer} {pass_}"
     x, w, dy = make_inputs(layer)
     sync = lambda: None  # noqa: E731
     if backend == "cupy":

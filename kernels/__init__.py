@@ -8,6 +8,7 @@ the output dtype is the input dtype; `stride` and `padding` take an int or a pai
     dx, dw = kernels.conv2d_backward(dy, x, w, stride=1, padding=0, algo="im2col",
                                      backend="numba")
     n      = kernels.workspace_bytes("im2col", x.shape, w.shape, stride=1, padding=0)
+    ok     = kernels.supports("winograd", w.shape, stride=1)   # can algo compute this layer?
     y, argmax = kernels.maxpool2d_forward(x, kernel_size, stride=None, backend="numba")
     dx     = kernels.maxpool2d_backward(dy, argmax, x.shape, kernel_size, stride=None,
                                         backend="numba")
@@ -19,9 +20,16 @@ by name ("kn2row-aa" -> `kernels/kn2row_aa.py`), which exposes::
     forward_numpy(x, w, stride, padding) -> y          backward_numpy(dy, x, w, s, p) -> dx, dw
     forward_numba(x, w, stride, padding) -> y          backward_numba(dy, x, w, s, p) -> dx, dw
     workspace_bytes(x_shape, w_shape, stride, padding, itemsize) -> int
+    supports(w_shape, stride) -> bool        (optional: only for a restricted algorithm)
+    check(op, x_shape, w_shape, stride)      (optional: the ValueError when it does not)
 
 and, after the positional arguments, whichever of the options in OPTIONS it can use (im2col:
 `saved=None` and, backward, `need_dx=True`); a parameter OPTIONS does not list is an error.
+
+Every algorithm computes every shape except "winograd" (F(2x2, 3x3): 3x3 kernels at stride 1
+only); `kernels.supports(algo, w_shape, stride)` says which, and conv2d_forward,
+conv2d_backward and workspace_bytes raise a one-line ValueError naming the constraint and the
+shapes for the others, on every backend (checked before CuPy is needed).
 
 The "cupy" backend dispatches to `kernels.cuda.<module>.forward(x, w, stride, padding)` and
 `.backward(dy, x, w, stride, padding)` (and, for pooling, `kernels.cuda.pool.forward(x,
@@ -67,6 +75,7 @@ __all__ = [
     "conv2d_forward",
     "conv2d_backward",
     "workspace_bytes",
+    "supports",
     "maxpool2d_forward",
     "maxpool2d_backward",
     "matmul",
@@ -81,7 +90,7 @@ Array: TypeAlias = "np.ndarray | cupy.ndarray"  # a CuPy array with backend="cup
 Pair: TypeAlias = "int | tuple[int, int]"
 Shape: TypeAlias = "tuple[int, ...]"
 
-ALGORITHMS = ("direct", "im2col", "im2row", "kn2row", "kn2row-aa", "kn2col")
+ALGORITHMS = ("direct", "im2col", "im2row", "kn2row", "kn2row-aa", "kn2col", "winograd")
 BACKENDS = ("numpy", "numba", "cupy")
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -151,6 +160,36 @@ def _check_conv(op, x, w, stride, padding, algo, backend):
     if min(_shape(w)) < 1 or min(_shape(x)) < 1:
         raise ValueError(f"{op}: empty arrays are not supported: x {_shape(x)}, w {_shape(w)}")
     return stride, padding
+
+
+def _algo_module(algo):
+    """The CPU module of `algo` (it carries the shape constraints of every backend)."""
+    return _module(algo, "numpy")
+
+
+def supports(algo: str, w_shape: Shape, stride: Pair = 1) -> bool:
+    """True when `algo` can compute a convolution with weights of shape w_shape (M, C, KH,
+    KW) at `stride`: every algorithm can, except "winograd" (3x3 kernels, stride 1 only).
+    The answer is the same for every backend and does not depend on x or the padding."""
+    _check_choice("supports", "algo", algo, ALGORITHMS)
+    w_shape = tuple(int(s) for s in w_shape)
+    if len(w_shape) != 4:
+        raise ValueError(f"supports: w_shape must be 4-D (M, C, KH, KW), got {w_shape}")
+    stride = _check_pair("supports", "stride", stride, 1)
+    rule = getattr(_algo_module(algo), "supports", None)
+    return True if rule is None else bool(rule(w_shape, stride))
+
+
+def _check_supported(op, algo, x_shape, w_shape, stride):
+    """ValueError (one line: op, constraint, shapes) unless `algo` computes this shape."""
+    module = _algo_module(algo)
+    if getattr(module, "supports", None) is None or module.supports(w_shape, stride):
+        return
+    check = getattr(module, "check", None)
+    if check is not None:
+        check(op, x_shape, w_shape, stride)      # the module's own message
+    raise ValueError(f"{op}: algo {algo!r} cannot compute w {w_shape} at stride {stride} "
+                     f"(x {x_shape}); use another algorithm (e.g. 'im2col') for this layer")
 
 
 def _conv_out_shape(x_shape, w_shape, stride, padding):
@@ -271,6 +310,7 @@ def conv2d_forward(x: Array, w: Array, stride: Pair = 1, padding: Pair = 0,
     """
     op = "conv2d_forward"
     stride, padding = _check_conv(op, x, w, stride, padding, algo, backend)
+    _check_supported(op, algo, _shape(x), _shape(w), stride)
     x, w = _contiguous(x, backend), _contiguous(w, backend)
     options = {} if saved is None else {"saved": saved}
     return _call(op, algo, _module(algo, backend), "forward", backend, x, w, stride, padding,
@@ -287,6 +327,7 @@ def conv2d_backward(dy: Array, x: Array, w: Array, stride: Pair = 1, padding: Pa
     """
     op = "conv2d_backward"
     stride, padding = _check_conv(op, x, w, stride, padding, algo, backend)
+    _check_supported(op, algo, _shape(x), _shape(w), stride)
     _check_4d(op, "dy", dy, "(N, M, Ho, Wo)")
     want = _conv_out_shape(_shape(x), _shape(w), stride, padding)
     if _shape(dy) != want:
@@ -328,6 +369,7 @@ def workspace_bytes(algo: str, x_shape: Shape, w_shape: Shape, stride: Pair = 1,
         raise ValueError(f"{op}: channel mismatch: x_shape {x_shape}, w_shape {w_shape}")
     stride = _check_pair(op, "stride", stride, 1)
     padding = _check_pair(op, "padding", padding, 0)
+    _check_supported(op, algo, x_shape, w_shape, stride)
     itemsize = np.dtype(dtype).itemsize
     module = _module(algo, "numpy")
     formula = getattr(module, f"workspace_bytes_{backend}", module.workspace_bytes)

@@ -15,6 +15,8 @@ from minigrad.optim import SGD, Adam
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 LAYER_CASES = oracle.CUDA_CASES[::3]
+WINOGRAD_CASES = [oracle.ConvCase.of(2, 3, 7, 6, 4, 3, 3, 1, 1),   # odd Ho: a cropped block
+                  oracle.ConvCase.of(1, 2, 8, 8, 3, 3, 3, 1, 0)]
 
 
 def _train(model, opt, batches, device):
@@ -97,8 +99,19 @@ def engine_conv(algo, device):
 @pytest.mark.parametrize("case", LAYER_CASES, ids=oracle.ids(LAYER_CASES))
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)
 def test_conv2d_layer_matches_torch(algo, case, dtype, device):
+    if not kernels.supports(algo, case.w_shape, case.stride):
+        pytest.skip(f"{algo}: 3x3 stride 1 only")
     oracle.check_conv(*engine_conv(algo, device), *case.data(dtype), case.stride, case.padding,
                       what=f"F.conv2d {algo} on {device}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", oracle.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=oracle.ids(WINOGRAD_CASES))
+def test_winograd_layer_matches_torch(case, dtype, device):
+    """LAYER_CASES has no 3x3 stride-1 layer, the only kind winograd computes."""
+    oracle.check_conv(*engine_conv("winograd", device), *case.data(dtype), case.stride,
+                      case.padding, what=f"F.conv2d winograd on {device}")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -9,7 +9,9 @@
                              element -- so there are no atomics and results are deterministic.
     kernels/cuda/<algo>.py   forward(x, w, stride, padding) -> y and
                              backward(dy, x, w, stride, padding) -> (dx, dw) for
-                             direct, im2col, im2row, kn2row, kn2row_aa, kn2col; pool has
+                             direct, im2col, im2row, kn2row, kn2row_aa, kn2col and
+                             winograd (no .cu file: CuPy array operations and one
+                             batched cupy.matmul, see its header); pool has
                              forward(x, kernel, stride) -> (y, argmax) and
                              backward(dy, argmax, x_shape, kernel, stride) -> dx.
                              Lowering copies run in our kernels, GEMMs in cuBLAS (cupy.matmul).
@@ -23,11 +25,11 @@
 CuPy is imported only when a kernel runs; without it (or without a GPU) the launchers raise
 ``RuntimeError("cupy backend needs CuPy and a CUDA GPU: ...")``.
 """
-from . import direct, im2col, im2row, kn2col, kn2row, kn2row_aa, launch, pool
+from . import direct, im2col, im2row, kn2col, kn2row, kn2row_aa, launch, pool, winograd
 from ._runtime import cupy_available, get_cupy
 
-CONV_MODULES = ("direct", "im2col", "im2row", "kn2row", "kn2row_aa", "kn2col")
+CONV_MODULES = ("direct", "im2col", "im2row", "kn2row", "kn2row_aa", "kn2col", "winograd")
 CU_FILES = ("direct", "im2col", "im2row", "kn2row", "kn2col", "pool")
 
 __all__ = ["CONV_MODULES", "CU_FILES", "cupy_available", "get_cupy", "launch",
-           "direct", "im2col", "im2row", "kn2row", "kn2row_aa", "kn2col", "pool"]
+           "direct", "im2col", "im2row", "kn2row", "kn2row_aa", "kn2col", "winograd", "pool"]

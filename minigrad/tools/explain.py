@@ -24,6 +24,14 @@ render it. The IDs of a matrix are interpreted through its *kind*:
          entry        at input position (h, w) for the tap and filter of its row/column
     "y"  output       1 + flat index into y (N, M, Ho, Wo)                   label y1(0,1)
 (with N > 1 the labels of x, p and y start with the image, e.g. n1c0(1,2)).
+Winograd works in a transformed domain, so its GEMM operands are not copies of x or w but
+sums of them; their IDs name entries of the arrays kernels/winograd.py builds, and the
+drawn transforms (B^T, G, A^T, applied to the drawn tiles and filters) produce them:
+    "u"  U = G g G^T  1 + flat index into U (16, M, C)                       label U12m0c1
+    "v"  V = B^T d B  1 + flat index into V (16, C, P), P = N*th*tw tiles    label V12c0t3
+    "m"  Mw = U . V   1 + flat index into Mw (16, M, P)                      label M12m0t3
+(U12m0c1 = position (xi, nu) = (1, 2) of the 4x4 Winograd domain, filter 0, channel 1;
+t3 = tile 3, counted over (n, t, u)).
 """
 import argparse
 import sys
@@ -33,7 +41,7 @@ import numpy as np
 from .. import kernels
 
 ALGOS = kernels.ALGORITHMS
-KINDS = ("x", "w", "p", "y")
+KINDS = ("x", "w", "p", "y", "u", "v", "m")
 
 
 # --------------------------------------------------------------------------- index arithmetic
@@ -107,6 +115,9 @@ def lowering(algo, x_shape=(1, 2, 4, 4), w_shape=(2, 2, 3, 3), stride=1, padding
         raise ValueError(f"stride must be >= 1 and padding >= 0, got {stride}, {padding}")
     if kh > h + 2 * padding[0] or kw > wd + 2 * padding[1]:
         raise ValueError(f"kernel {kh}x{kw} is larger than the padded input")
+    if not kernels.supports(algo, w_shape, stride):
+        raise ValueError(f"{algo}: Winograd F(2x2, 3x3) needs a 3x3 kernel and stride 1, got "
+                         f"kernel {kh}x{kw} and stride {stride}; try --kernel 3 --stride 1")
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = _out(h, wd, kh, kw, stride, padding)
     x, w, y = _ids(x_shape), _ids(w_shape), _ids((n, m, ho, wo))
@@ -140,6 +151,10 @@ def lowering(algo, x_shape=(1, 2, 4, 4), w_shape=(2, 2, 3, 3), stride=1, padding
             f"{n * m * ho * wo} dot products, 2*N*M*Ho*Wo*C*KH*KW = "
             f"{2 * n * m * ho * wo * ckk} flops; workspace 0 bytes.",
         ]
+        return d
+
+    if algo == "winograd":
+        _winograd(d, mat)
         return d
 
     if algo in ("im2col", "im2row"):
@@ -270,6 +285,57 @@ def lowering(algo, x_shape=(1, 2, 4, 4), w_shape=(2, 2, 3, 3), stride=1, padding
     return d
 
 
+def _winograd(d, mat):
+    """F(2x2, 3x3) (kernels/winograd.py): tiles, transforms and the 16 GEMMs, as IDs."""
+    from ..kernels import winograd as wg
+
+    n, c, h, wd = d["x_shape"]
+    m = d["w_shape"][0]
+    _, _, ho, wo = d["y_shape"]
+    ph, pw = d["padding"]
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    p = n * th * tw
+    # tiles[n, c, t, u] = the 4x4 input tile at rows 2t - ph.., cols 2u - pw.. (0 outside x)
+    grid = np.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=np.int64)
+    rows, cols = min(h, 2 * th + 2 - ph), min(wd, 2 * tw + 2 - pw)
+    grid[:, :, ph:ph + rows, pw:pw + cols] = d["x"][:, :, :rows, :cols]
+    tiles = np.zeros((n, c, th, tw, 4, 4), dtype=np.int64)
+    for t in range(th):
+        for u in range(tw):
+            tiles[:, :, t, u] = grid[:, :, 2 * t:2 * t + 4, 2 * u:2 * u + 4]
+    # blocks[n, m, t, u] = the y IDs of the 2x2 output block of tile (t, u) (0: cropped)
+    full = np.zeros((n, m, 2 * th, 2 * tw), dtype=np.int64)
+    full[:, :, :ho, :wo] = d["y"]
+    blocks = full.reshape(n, m, th, 2, tw, 2).transpose(0, 1, 2, 4, 3, 5).copy()
+    bt, g, at = (a.astype(np.float64) for a in wg.matrices(np.float64))
+    d.update(tiles=tiles, blocks=blocks, tile_grid=(th, tw),
+             transforms={"B^T": bt, "G": g, "A^T": at},
+             winograd_shapes={"u": (16, m, c), "v": (16, c, p), "m": (16, m, p)})
+    u_ids, v_ids, m_ids = (_ids(d["winograd_shapes"][k]) for k in "uvm")
+    mnames = [f"m{mm}" for mm in range(m)]
+    cnames = [f"c{ci}" for ci in range(c)]
+    tnames = [f"t{q}" for q in range(p)]
+    for k in range(16):
+        xi, nu = divmod(k, 4)
+        mat(f"U[{xi},{nu}]", "u", u_ids[k], mnames, cnames)
+        mat(f"V[{xi},{nu}]", "v", v_ids[k], cnames, tnames)
+        mat(f"M[{xi},{nu}]", "m", m_ids[k], mnames, tnames)
+        d["gemms"].append(dict(a=f"U[{xi},{nu}]", b=f"V[{xi},{nu}]", c=f"M[{xi},{nu}]", M=m,
+                               N=p, K=c, count=1,
+                               note=f"Winograd position ({xi},{nu}), one of 16"))
+    d["steps"] = [
+        f"winograd F(2x2, 3x3): every 2x2 block of y comes from the 4x4 input tile d under "
+        f"it (tiles overlap by 2; {th} x {tw} tiles per image, P = {p} in all).",
+        "V = B^T d B (input tile),  U = G g G^T (each 3x3 filter g, per channel),  "
+        "M = sum over c of U ⊙ V (16 products per channel, where a direct 2x2 block takes "
+        "4 x 9 = 36),  Y = A^T M A (the 2x2 block).",
+        f"Across channels the products are 16 GEMMs, one per position (xi, nu) of the 4x4 "
+        f"domain:  M[xi,nu] = U[xi,nu] @ V[xi,nu]:  M = {m} (filters), N = {p} (tiles), "
+        f"K = {c} (C).",
+        f"workspace (float32): {d['workspace_bytes']} bytes",
+    ]
+
+
 def values(ids, array):
     """Replace each ID by the value it names in `array` (0 -> 0.0): ids -> numbers."""
     flat = np.concatenate([[0], np.asarray(array).ravel()])
@@ -295,11 +361,17 @@ def label(kind, i, d):
     if kind == "p":
         b, hh, ww = np.unravel_index(i - 1, (n, h, wd))
         return f"{f'n{b}' if many else ''}p({hh},{ww})"
+    if kind in ("u", "v", "m"):
+        k, a, b = np.unravel_index(i - 1, d["winograd_shapes"][kind])
+        xi, nu = divmod(int(k), 4)
+        return {"u": f"U{xi}{nu}m{a}c{b}", "v": f"V{xi}{nu}c{a}t{b}",
+                "m": f"M{xi}{nu}m{a}t{b}"}[kind]
     b, mm, oh, ow = np.unravel_index(i - 1, d["y_shape"])
     return f"{f'n{b}' if many else ''}y{mm}({oh},{ow})"
 
 
 PAD_GREY = (0.78, 0.78, 0.78)
+CONST_BLUE = (0.84, 0.91, 0.97)     # the entries of Winograd's B^T, G, A^T
 
 
 def color(kind, i, d):
@@ -307,6 +379,8 @@ def color(kind, i, d):
     import matplotlib
 
     i = int(i)
+    if kind == "k":                               # a constant of a transform matrix
+        return CONST_BLUE
     if i == 0:
         return PAD_GREY
     n, c, h, wd = d["x_shape"]
@@ -324,7 +398,21 @@ def color(kind, i, d):
     if kind == "w":
         mm, n_f = np.unravel_index(i - 1, d["w_shape"])[0], d["w_shape"][0]
         return tuple(matplotlib.colormaps["Purples"](0.2 + 0.3 * mm / max(n_f - 1, 1))[:3])
-    mm, n_f = np.unravel_index(i - 1, d["y_shape"])[1], d["y_shape"][1]
+    if kind == "u":                               # a transformed filter: the weights' purple
+        _, mm, _ = np.unravel_index(i - 1, d["winograd_shapes"]["u"])
+        n_f = d["w_shape"][0]
+        return tuple(matplotlib.colormaps["Purples"](0.2 + 0.3 * mm / max(n_f - 1, 1))[:3])
+    if kind == "v":                               # a transformed tile: hue = tile
+        _, ci, q = np.unravel_index(i - 1, d["winograd_shapes"]["v"])
+        p = d["winograd_shapes"]["v"][2]
+        base = np.array(matplotlib.colormaps["hsv"](q / p * 0.92)[:3])
+        lighten = 0.35 + 0.4 * ci / max(c - 1, 1)
+        return tuple(base * (1 - lighten) + lighten)
+    if kind == "m":                               # a Winograd-domain product: y's orange
+        _, mm, _ = np.unravel_index(i - 1, d["winograd_shapes"]["m"])
+    else:
+        mm = np.unravel_index(i - 1, d["y_shape"])[1]
+    n_f = d["y_shape"][1]
     return tuple(matplotlib.colormaps["YlOrBr"](0.12 + 0.25 * mm / max(n_f - 1, 1))[:3])
 
 
@@ -356,6 +444,10 @@ def text(d):
            "w[m=1, c=0, i=2, j=1]; p(1,2) = partial (sum over c) at input pixel (1,2); "
            "y1(0,1) = y[n, m=1, oh=0, ow=1]; row/column headers: c0(1,2) = (c, kh, kw), "
            "(0,1) = output pixel (oh, ow), t(0,1)m1 = tap (i, j) of filter m", ""]
+    if d["algo"] == "winograd":
+        out[1] += ("; U12m0c1 = U = G g G^T at Winograd position (xi, nu) = (1, 2), filter 0, "
+                   "channel 1; V12c0t3 = V = B^T d B of channel 0, tile t3; M12m0t3 = M = "
+                   "U ⊙ V summed over channels, filter 0, tile t3")
     for b in range(n):
         for ci in range(c):
             out.append(f"input x[{b}, {ci}] with padding {d['padding']}:")
@@ -369,6 +461,8 @@ def text(d):
                 win = d["windows"][0, oh, ow].reshape(c, kh * kw)
                 out.append(f"output pixel ({oh},{ow}) reads this window (C x KH*KW) in place:")
                 out.append(_table(win, "x", d))
+    if d["algo"] == "winograd":
+        out += _winograd_text(d)
     for g in d["gemms"]:
         out.append(f"GEMM {g['c']} = {g['a']} @ {g['b']}   (M={g['M']}, N={g['N']}, "
                    f"K={g['K']}; x{g['count']}: {g['note']})")
@@ -396,6 +490,39 @@ def text(d):
         for mm in range(m):
             out.append(_table(d["y"][b, mm], "y", d))
     return "\n".join(out) + "\n"
+
+
+def _frac(v, half="1/2"):
+    """A transform constant as printed: 1, -1, 0, 1/2, -1/2 (the picture: ½, -½)."""
+    v = float(v)
+    return str(int(v)) if v == int(v) else ("-" if v < 0 else "") + half
+
+
+def _winograd_text(d):
+    n, c, _, _ = d["x_shape"]
+    m = d["w_shape"][0]
+    th, tw = d["tile_grid"]
+    ph, pw = d["padding"]
+    out = []
+    for name, a in d["transforms"].items():
+        out.append(f"{name}  ({a.shape[0]} x {a.shape[1]}):")
+        width = max(len(_frac(v)) for v in a.ravel())
+        out += ["    " + " ".join(_frac(v).rjust(width) for v in row) for row in a]
+    for b in range(n):
+        for t in range(th):
+            for u in range(tw):
+                q = (b * th + t) * tw + u
+                out.append(f"tile t{q} = image {b}, rows {2 * t - ph}..{2 * t + 3 - ph}, cols "
+                           f"{2 * u - pw}..{2 * u + 3 - pw} (0 = padding), per channel; its "
+                           "2x2 output block per filter (0 = cropped):")
+                for ci in range(c):
+                    out.append(f"  channel {ci}:")
+                    out.append(_table(d["tiles"][b, ci, t, u], "x", d))
+                for mm in range(m):
+                    out.append(f"  filter {mm}, its 2x2 block of y:")
+                    out.append(_table(d["blocks"][b, mm, t, u], "y", d))
+    out.append("")
+    return out
 
 
 # --------------------------------------------------------------------------- picture
@@ -479,8 +606,10 @@ class _Canvas:
             m = self.d["matrices"]
             a, b = m[it["a"]], m[it["b"]]
             wa = max(a.shape[1], _text_in(self._gemm_titles(it)[0], FONT, True) / c)
+            _, tb, tc = self._gemm_titles(it)
+            wb = max(b.shape[1], max(_text_in(tb, FONT, True), _text_in(tc, FONT, True)) / c)
             head = (_lines_in(1, FONT) + _lines_in(1, SUB_FONT)) / c + 0.2
-            return wa + GAP + b.shape[1], b.shape[0] + head + GAP + a.shape[0] + head
+            return wa + GAP + wb, b.shape[0] + head + GAP + a.shape[0] + head
         if kind == "op":
             return 1.4, 1.4
         lines = self._wrapped(it, c, width)
@@ -505,10 +634,11 @@ class _Canvas:
         d, ids, kind = self.d, it["ids"], it["kind"]
         r, k = ids.shape
         _, _, head = self._grid_size(it, c)
-        ax.text(x0, y0 + _lines_in(1, FONT) / c * 0.8, it["title"], fontsize=FONT,
+        tx = it.get("title_x", x0)       # a GEMM's A: its title starts left of the matrix
+        ax.text(tx, y0 + _lines_in(1, FONT) / c * 0.8, it["title"], fontsize=FONT,
                 weight="bold", va="bottom")
         if it["sub"]:
-            ax.text(x0, y0 + head - 0.1, it["sub"], fontsize=SUB_FONT, va="bottom",
+            ax.text(tx, y0 + head - 0.1, it["sub"], fontsize=SUB_FONT, va="bottom",
                     color="0.3")
         top = y0 + head + 0.1
         fade, labels = it["fade"], it["labels"]
@@ -539,7 +669,8 @@ class _Canvas:
         self._draw_grid(ax, dict(ids=b, kind=kinds[g["b"]], title=tb, sub=sub(*b.shape),
                                  fade=None, labels=None, outline=None), xb, y0, c, cell_font)
         self._draw_grid(ax, dict(ids=a, kind=kinds[g["a"]], title=ta, sub=sub(*a.shape),
-                                 fade=None, labels=None, outline=None), xa, yc, c, cell_font)
+                                 fade=None, labels=None, outline=None, title_x=x0), xa, yc, c,
+                        cell_font)
         self._draw_grid(ax, dict(ids=m[g["c"]], kind=kinds[g["c"]], title=tc,
                                  sub=sub(*m[g["c"]].shape), fade=None, labels=None,
                                  outline=None), xb, yc, c, cell_font)
@@ -552,10 +683,6 @@ class _Canvas:
         import matplotlib.pyplot as plt
         from matplotlib.patches import Patch
 
-        # the cell size: the widest item that cannot wrap must fit, at most MAX_CELL_IN
-        usable = MAX_WIDTH_IN - 0.3
-        c = min(MAX_CELL_IN, usable / (max(self.fixed) + 0.5))
-        width = usable / c                               # the row width, in cells
         ids = [it["ids"] for kind, it in filter(None, self.entries) if kind == "grid"]
         ids += [self.d["matrices"][it[k]] for kind, it in filter(None, self.entries)
                 if kind == "gemm" for k in ("a", "b", "c")]
@@ -563,6 +690,12 @@ class _Canvas:
         labelled = [len(t) for kind, it in filter(None, self.entries)
                     if kind == "grid" and it["labels"] for row in it["labels"] for t in row]
         digits = max([digits] + labelled)
+        # the cell size: at most MAX_CELL_IN, or what FONT-sized cell numbers need (3-digit
+        # IDs: winograd); and the widest item that cannot wrap must fit
+        usable = MAX_WIDTH_IN - 0.3
+        legible = FONT * 0.64 * digits / (0.88 * 72)
+        c = min(max(MAX_CELL_IN, legible), usable / (max(self.fixed) + 0.5))
+        width = usable / c                               # the row width, in cells
         cell_font = min(FONT, 0.88 * c * 72 / (0.64 * digits))
         # rows of (w, h, kind, item), wrapping at `width`
         rows, row, used = [], [], 0.0
@@ -656,6 +789,50 @@ def _shift_rows(cv, d, mm=0, unread="computed by the GEMM but read by no output"
     cv.newline()
 
 
+def _winograd_rows(cv, d):
+    """The transforms, one tile's trip through them, and the first of the 16 GEMMs."""
+    n, c, _, _ = d["x_shape"]
+    shapes = d["winograd_shapes"]
+    for name, a in d["transforms"].items():
+        cv.grid(np.zeros(a.shape, dtype=np.int64), "k", name, fade=(a == 0),
+                labels=[[_frac(v, "½") for v in row] for row in a], sub="{} x {}".format(*a.shape))
+    cv.note("B^T and A^T hold only 0 and ±1 (the input and output transforms are additions); "
+            "G adds halves.")
+    cv.newline()
+    # tile t0 of image 0, filter 0: V per channel, U per channel, M, Y
+    shown = min(c, 2)
+    pos = np.arange(16).reshape(4, 4)                 # position k = 4*xi + nu of the domain
+    cv.note(f"Tile t0 (image 0, rows {-d['padding'][0]}.., cols {-d['padding'][1]}..) and "
+            "filter 0, as the 16 GEMMs compute them:", full=True)
+    for ci in range(shown):
+        cv.grid(d["tiles"][0, ci, 0, 0], "x", f"d: x[0, {ci}] tile t0", sub="4 x 4")
+        cv.op("→")
+        v = 1 + np.ravel_multi_index((pos, ci, 0), shapes["v"])
+        cv.grid(v, "v", "V = B^T d B", sub=f"channel {ci}")
+        cv.op("⊙")
+        u = 1 + np.ravel_multi_index((pos, 0, ci), shapes["u"])
+        cv.grid(u, "u", "U = G g G^T", sub=f"w[0, {ci}]")
+        cv.op("+" if ci < shown - 1 or c > shown else "=")
+    if c > shown:
+        cv.note(f"... {c - shown} more\nchannels")
+        cv.op("=")
+    cv.grid(1 + np.ravel_multi_index((pos, 0, 0), shapes["m"]), "m", "M",
+            sub="16 products / channel")
+    cv.op("→")
+    cv.grid(d["blocks"][0, 0, 0, 0], "y", "Y = A^T M A", sub="y[0, 0] block")
+    cv.newline()
+    cv.note(f"Each 2x2 block of outputs costs 16 multiplications per channel instead of 36. "
+            f"Summing over channels makes the 16 positions (xi, nu) of the 4x4 domain 16 "
+            f"independent GEMMs, (M x C) @ (C x P) = ({shapes['u'][1]} x {shapes['u'][2]}) @ "
+            f"({shapes['v'][1]} x {shapes['v'][2]}); cell numbers are IDs of U, V and M "
+            "(--text names them).", full=True)
+    for g in d["gemms"][:1]:
+        _gemm_row(cv, d, g)
+    cv.note("... and 15 more GEMMs, one per position (xi, nu); then Y = A^T M A turns each "
+            "tile's 16 numbers of M into its 2x2 block of y (run --text to see them all)",
+            full=True)
+
+
 def legend(d):
     """(text, facecolour, edgecolour, line width, alpha) of each legend entry of d's picture."""
     n, c, h, wd = d["x_shape"]
@@ -673,7 +850,15 @@ def legend(d):
                      0.25)]
     if d["algo"] == "direct":
         entries.append(("black frame: the window of output (0, 0)", "white", "black", 2.5, 1))
-    entries.append(("numbers are IDs: 1 + the element's flat index in x, w or y", "white",
+    if d["algo"] == "winograd":
+        entries += [
+            ("U = G g G^T: a filter in the Winograd domain", color("u", 1, d), "0.35", 0.5, 1),
+            ("V = B^T d B: an input tile (hue = tile, lighter = later channel)",
+             color("v", 1, d), "0.35", 0.5, 1),
+            ("M = sum_c U ⊙ V: darker = later filter", color("m", 1, d), "0.35", 0.5, 1),
+            ("entry of B^T, G or A^T (faded: 0)", CONST_BLUE, "0.35", 0.5, 1)]
+    arrays = "x, w, y, U, V or M" if d["algo"] == "winograd" else "x, w or y"
+    entries.append((f"numbers are IDs: 1 + the element's flat index in {arrays}", "white",
                     "white", 0, 0))
     return entries
 
@@ -720,6 +905,8 @@ def picture(d):
                     f"window of y[0, :, {oh}, {ow}]", sub=f"C x KH*KW = {c} x {kh * kw}")
         cv.note("read in place:\nnothing is copied\n(workspace 0 bytes)")
         cv.newline()
+    elif d["algo"] == "winograd":
+        _winograd_rows(cv, d)
     elif d["algo"] == "kn2row-aa":
         for g in d["gemms"][:2]:
             _gemm_row(cv, d, g)

@@ -57,11 +57,50 @@ def test_dtype_mismatch():
 
 
 def test_unknown_algo_and_backend():
-    raises(lambda: FWD(X, W, algo="winograd"), "conv2d_forward", "winograd",
-           *kernels.ALGORITHMS)
+    raises(lambda: FWD(X, W, algo="fft"), "conv2d_forward", "fft", *kernels.ALGORITHMS)
     raises(lambda: BWD(DY, X, W, backend="jax"), "conv2d_backward", "jax", *kernels.BACKENDS)
     raises(lambda: kernels.workspace_bytes("fft", X.shape, W.shape), "workspace_bytes", "fft",
            *kernels.ALGORITHMS)
+
+
+@pytest.mark.parametrize("backend", kernels.BACKENDS)
+def test_winograd_names_its_constraint(backend):
+    """3x3 kernels at stride 1 only: one line naming the op, the constraint and the shapes,
+    on every backend (cupy too, before CuPy is needed), and from workspace_bytes."""
+    w5 = np.zeros((4, 3, 5, 5), np.float32)
+    dy5 = np.zeros((2, 4, 4, 4), np.float32)
+    dy2 = np.zeros((2, 4, 3, 3), np.float32)
+    for fn, op, shapes in (
+            (lambda: FWD(X, w5, algo="winograd", backend=backend), "conv2d_forward",
+             ("(4, 3, 5, 5)", "(2, 3, 8, 8)")),
+            (lambda: BWD(dy5, X, w5, algo="winograd", backend=backend), "conv2d_backward",
+             ("(4, 3, 5, 5)",)),
+            (lambda: FWD(X, W, stride=2, algo="winograd", backend=backend), "conv2d_forward",
+             ("stride (2, 2)", "(4, 3, 3, 3)")),
+            (lambda: BWD(dy2, X, W, stride=(2, 2), algo="winograd", backend=backend),
+             "conv2d_backward", ("stride (2, 2)",)),
+            (lambda: kernels.workspace_bytes("winograd", X.shape, w5.shape, backend=backend),
+             "workspace_bytes", ("(4, 3, 5, 5)",))):
+        with pytest.raises(ValueError) as e:
+            fn()
+        msg = str(e.value)
+        assert "\n" not in msg, msg
+        for needle in (op, "winograd", "3x3 kernel and stride 1", *shapes):
+            assert needle in msg, f"{needle!r} missing from: {msg}"
+
+
+def test_supports():
+    assert kernels.supports("winograd", W.shape) and kernels.supports("winograd", W.shape, 1)
+    assert not kernels.supports("winograd", W.shape, 2)
+    assert not kernels.supports("winograd", W.shape, (1, 2))
+    assert not kernels.supports("winograd", (4, 3, 5, 5))
+    assert not kernels.supports("winograd", (4, 3, 3, 1))
+    for algo in kernels.ALGORITHMS:
+        if algo != "winograd":
+            assert kernels.supports(algo, (4, 3, 5, 2), (3, 1)), algo
+    raises(lambda: kernels.supports("fft", W.shape), "supports", "fft", *kernels.ALGORITHMS)
+    raises(lambda: kernels.supports("winograd", W.shape[1:]), "supports", "4-D")
+    raises(lambda: kernels.supports("winograd", W.shape, 0), "supports", "stride")
 
 
 def test_stride_and_padding_range():

@@ -8,10 +8,21 @@ from minigrad import kernels
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_saved_lowering_and_need_dx(algo, backend):
+    if not kernels.supports(algo, (4, 3, 3, 2), (2, 1)):
+        pytest.skip(f"{algo}: 3x3 stride 1 only")
+    check_saved_and_need_dx(algo, backend, (4, 3, 3, 2), (2, 1), (1, 0))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_winograd_saved_and_need_dx(backend):
+    check_saved_and_need_dx("winograd", backend, (4, 3, 3, 3), (1, 1), (1, 0))
+
+
+def check_saved_and_need_dx(algo, backend, w_shape, stride, padding):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 7, 6))
-    w = rng.standard_normal((4, 3, 3, 2))
-    kw = dict(stride=(2, 1), padding=(1, 0), algo=algo, backend=backend)
+    w = rng.standard_normal(w_shape)
+    kw = dict(stride=stride, padding=padding, algo=algo, backend=backend)
     y_plain = kernels.conv2d_forward(x, w, **kw)
     saved = {}
     y = kernels.conv2d_forward(x, w, saved=saved, **kw)

@@ -34,6 +34,18 @@ POOL_IDS = oracle.ids(POOL_CASES)
 DTYPES = oracle.DTYPES
 # launch shapes: what launch.plan picks, a few small blocks, one thread doing everything
 CONFIGS = {"plan": None, "3x32": (3, 32), "1x1": (1, 1)}
+# winograd computes 3x3 kernels at stride 1 only: odd sizes (cropped blocks), paddings 0-3
+# (3 > 2: dx runs on a cropped dy), more channels than filters
+WINOGRAD_CASES = [oracle.ConvCase.of(2, 3, 7, 6, 4, 3, 3, 1, 1),
+                  oracle.ConvCase.of(1, 17, 9, 8, 5, 3, 3, 1, 2),
+                  oracle.ConvCase.of(2, 5, 7, 7, 3, 3, 3, 1, 3),
+                  oracle.ConvCase.of(3, 2, 4, 4, 2, 3, 3, 1, 0)]
+
+
+def skip_unsupported(module, case):
+    algo = module.replace("_", "-")
+    if not kernels.supports(algo, case.w_shape, case.stride):
+        pytest.skip(f"{algo}: 3x3 stride 1 only")
 
 
 @pytest.fixture(scope="session")
@@ -388,6 +400,19 @@ def launch_conv(module, x, w, dy, stride, padding, fake):
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("module", kc.CONV_MODULES)
 def test_launcher_matches_numpy_backend_and_torch(emulated, module, case, dtype):
+    skip_unsupported(module, case)
+    check_launcher(emulated, module, case, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=oracle.ids(WINOGRAD_CASES))
+def test_winograd_launcher_matches_numpy_backend_and_torch(emulated, case, dtype):
+    """The CUDA grid has no 3x3 stride-1 case: kernels/cuda/winograd.py (array operations,
+    no .cu file) on the stand-in, whose NaN poison and guard cells check its slicing."""
+    check_launcher(emulated, "winograd", case, dtype)
+
+
+def check_launcher(emulated, module, case, dtype):
     x, w, dy = case.data(dtype)
     stride, padding = case.stride, case.padding
     pytest.importorskip("torch")
@@ -450,6 +475,7 @@ def test_results_do_not_depend_on_thread_order(emu_dir, monkeypatch, module):
     """Gathers: every output element has one writer, so any execution order gives the
     same bits (a scatter with races would not)."""
     case = CASES[2]
+    skip_unsupported(module, case)       # winograd: no raw kernels, nothing to reorder
     x, w, dy = case.data(np.float32)
     results = []
     for order in ("forward", "reverse", "shuffle"):
@@ -466,6 +492,8 @@ def test_results_do_not_depend_on_thread_order(emu_dir, monkeypatch, module):
 def test_64bit_index_kernels(emulated, monkeypatch, module, dtype):
     """Force the long long instantiations (used past 2^31 elements) on a small problem."""
     case = CASES[4]
+    if module != "pool":
+        skip_unsupported(module, case)   # winograd: no raw kernels, no index types
     x, w, dy = case.data(dtype)
     monkeypatch.setattr(launch, "INT32_LIMIT", 0)
     if module == "pool":
@@ -532,9 +560,10 @@ def test_harness_refuses_cooperative_cuda(fake):
         fake.RawModule(code=src)
 
 
-WORKSPACE_CASES = CASES + [oracle.ConvCase.of(1, 3, 6, 5, 4, 3, 3, 1, 1),   # N = 1
-                           oracle.ConvCase.of(2, 3, 6, 5, 1, 1, 1),         # M = 1, 1x1 kernel
-                           oracle.ConvCase.of(2, 3, 6, 5, 4, 1, 1, 2, 0)]
+WORKSPACE_CASES = CASES + WINOGRAD_CASES + [
+    oracle.ConvCase.of(1, 3, 6, 5, 4, 3, 3, 1, 1),   # N = 1
+    oracle.ConvCase.of(2, 3, 6, 5, 1, 1, 1),         # M = 1, 1x1 kernel
+    oracle.ConvCase.of(2, 3, 6, 5, 4, 1, 1, 2, 0)]
 
 
 @pytest.mark.parametrize("case", WORKSPACE_CASES, ids=oracle.ids(WORKSPACE_CASES))
@@ -542,6 +571,7 @@ WORKSPACE_CASES = CASES + [oracle.ConvCase.of(1, 3, 6, 5, 4, 3, 3, 1, 1),   # N 
 def test_workspace_bytes_is_what_forward_allocates(emulated, module, case):
     """kernels.cuda.<algo>.workspace_bytes == bytes the launcher allocates besides y
     (the CuPy stand-in counts them; allocations inside cuBLAS/CuPy are not included)."""
+    skip_unsupported(module, case)
     x, w, dy = case.data(np.float32)
     xa, wa = emulated.asarray(x), emulated.asarray(w)
     before = emulated.allocated_bytes

@@ -18,6 +18,10 @@ pytestmark = [
 # the emulated tests' grids, plus a real layer: 2^16+ threads per launch
 CASES = oracle.CUDA_CASES + [oracle.REAL_LAYER]
 POOL_CASES = oracle.POOL_CASES + [oracle.REAL_POOL]
+WINOGRAD_CASES = [oracle.ConvCase.of(2, 3, 7, 6, 4, 3, 3, 1, 1),
+                  oracle.ConvCase.of(1, 17, 9, 8, 5, 3, 3, 1, 2),
+                  oracle.ConvCase.of(2, 5, 7, 7, 3, 3, 3, 1, 3),
+                  oracle.ConvCase.of(3, 2, 4, 4, 2, 3, 3, 1, 0)]
 DTYPES = oracle.DTYPES
 
 
@@ -52,6 +56,20 @@ def test_nvrtc_compiles_every_kernel(stem):
 @pytest.mark.parametrize("case", CASES, ids=oracle.ids(CASES))
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)
 def test_conv_cupy_matches_numpy_and_torch(algo, case, dtype):
+    if not kernels.supports(algo, case.w_shape, case.stride):
+        pytest.skip(f"{algo}: 3x3 stride 1 only")
+    check_cupy_conv(algo, case, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=oracle.ids(WINOGRAD_CASES))
+def test_winograd_cupy_matches_numpy_and_torch(case, dtype):
+    """The CUDA grid has no 3x3 stride-1 case but the real layer: these add odd sizes,
+    paddings 0-3 (3 > 2: dx runs on a cropped dy) and more channels than filters."""
+    check_cupy_conv("winograd", case, dtype)
+
+
+def check_cupy_conv(algo, case, dtype):
     x, w, dy = case.data(dtype)
     stride, padding = case.stride, case.padding
     pytest.importorskip("torch")

@@ -14,9 +14,9 @@ from minigrad.kernels import _common, _numba, gemm
 
 from minigrad import kernels
 
-PUBLIC = ("conv2d_forward", "conv2d_backward", "workspace_bytes", "maxpool2d_forward",
-          "maxpool2d_backward", "matmul", "gemm_info", "bias_add", "bias_grad",
-          "threading_layer", "blas_info")
+PUBLIC = ("conv2d_forward", "conv2d_backward", "workspace_bytes", "supports",
+          "maxpool2d_forward", "maxpool2d_backward", "matmul", "gemm_info", "bias_add",
+          "bias_grad", "threading_layer", "blas_info")
 
 
 # --------------------------------------------------------------------------- public names

@@ -1,6 +1,7 @@
 """Winograd F(2x2, 3x3) (kernels/winograd.py) against PyTorch and the direct algorithm.
 
-The module is called directly (it is not in kernels.ALGORITHMS yet): values, dx and dw in
+The module is called directly (kernels.ALGORITHMS' sweeps cover it through the public API
+where the shape allows, tests/kernels/test_conv_parity.py): values, dx and dw in
 float32 and float64, NumPy and Numba, on odd and even sizes, 1 to 17 channels and filters,
 paddings 0 to 3, batches 1 to 3; the float32 error against a float32 GEMM lowering's (im2col); the
 shape errors; and workspace_bytes against what forward really allocates.
@@ -199,8 +200,8 @@ def test_workspace_mnist_conv2():
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_cuda_twin_with_numpy_standing_in_for_cupy(case, monkeypatch):
     """kernels/cuda/winograd.py uses only array operations NumPy shares with CuPy, so its
-    index math runs here with NumPy as `cupy` (the GPU run is in test_cuda_gpu's sweep once
-    the algorithm is registered)."""
+    index math runs here with NumPy as `cupy` (the emulator's stand-in runs it too, in
+    test_cuda_emulate.py; the GPU run is in test_cuda_gpu.py)."""
     from minigrad.kernels.cuda import _runtime
     from minigrad.kernels.cuda import winograd as cuda_winograd
 
@@ -218,4 +219,4 @@ def test_cuda_twin_with_numpy_standing_in_for_cupy(case, monkeypatch):
     th, tw = (h + 2 * p - 1) // 2, (wd + 2 * p - 1) // 2
     assert cuda_winograd.workspace_bytes(x.shape, w.shape, (1, 1), padding, 8) == 8 * (
         n * c * (2 * th + 2) * (2 * tw + 2) + 32 * c * n * th * tw + 16 * m * c
-        + 16 * m * n * th * tw + n * m * 4 * th * tw)
+        + 16 * m * n * th * tw + 36)

@@ -13,6 +13,7 @@ from minigrad.kernels import im2col as k_im2col
 from minigrad.kernels import im2row as k_im2row
 from minigrad.kernels import kn2col as k_kn2col
 from minigrad.kernels import kn2row as k_kn2row
+from minigrad.kernels import winograd as k_winograd
 from minigrad.kernels._common import pad_nchw
 
 from minigrad import kernels
@@ -23,6 +24,16 @@ CASES = [  # x_shape, w_shape, stride, padding
     ((2, 3, 5, 6), (2, 3, 3, 2), (2, 1), (0, 1)),      # batch, odd kernel, mixed stride/pad
     ((1, 1, 7, 5), (3, 1, 3, 3), (2, 2), (2, 1)),      # stride 2, padding wider than needed
 ]
+WINOGRAD_CASES = [  # 3x3, stride 1: the shapes winograd computes
+    ((1, 2, 4, 4), (2, 2, 3, 3), (1, 1), (1, 1)),      # the default picture
+    ((2, 3, 5, 6), (2, 3, 3, 3), (1, 1), (0, 1)),      # batch, odd Ho: cropped blocks
+    ((1, 1, 7, 5), (3, 1, 3, 3), (1, 1), (2, 1)),      # padding 2: tiles reach past the input
+]
+
+
+def _skip_unsupported(algo, case):
+    if not kernels.supports(algo, case[1], case[2]):
+        pytest.skip(f"{algo}: 3x3 stride 1 only")
 
 
 def _data(algo, case, seed=0):
@@ -44,6 +55,7 @@ def _vals(d, name, x, w):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)
 def test_lowered_matrices_are_the_kernels_matrices(algo, case):
+    _skip_unsupported(algo, case)
     d, x, w, _ = _data(algo, case)
     x_shape, w_shape, stride, padding = case
     m, c, kh, kw = w_shape
@@ -71,6 +83,8 @@ def test_lowered_matrices_are_the_kernels_matrices(algo, case):
     elif algo == "kn2col":
         np.testing.assert_array_equal(_vals(d, "Wc", x, w), k_kn2col.kernel_matrix_t(w))
         np.testing.assert_array_equal(_vals(d, "x[0]^T", x, w), x[0].reshape(c, h * wd).T)
+    elif algo == "winograd":
+        _check_winograd_matrices(d, x, w, padding)
     else:  # kn2row-aa: one (W_ij, band of x[0]) pair per tap that reaches an output
         for g in d["gemms"]:
             i, j = (int(a) for a in g["a"][2:])
@@ -90,7 +104,11 @@ def test_lowered_matrices_are_the_kernels_matrices(algo, case):
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)
 def test_drawn_gemms_and_shift_adds_give_the_convolution(algo, case):
     """Run what the picture shows, on values: it must equal kernels.conv2d_forward."""
+    _skip_unsupported(algo, case)
     d, x, w, y = _data(algo, case)
+    if algo == "winograd":
+        _check_winograd_convolution(d, x, w, y)
+        return
     n, m, ho, wo = d["y_shape"]
     assert y.shape == d["y_shape"]
     if algo == "direct":
@@ -118,6 +136,67 @@ def test_drawn_gemms_and_shift_adds_give_the_convolution(algo, case):
             y0[mm][hits] += v
     if any(d["kinds"][g["c"]] == "p" for g in d["gemms"]):
         np.testing.assert_allclose(y0, y[0], rtol=1e-10, atol=1e-12)
+
+
+def _winograd_operands(d, x, w):
+    """V = B^T d B and U = G g G^T, computed from the drawn tiles and transform matrices."""
+    t = d["transforms"]
+    tiles = explain.values(d["tiles"], x)                     # (N, C, th, tw, 4, 4)
+    v = np.einsum("ai,nctuij,bj->abcntu", t["B^T"], tiles, t["B^T"])
+    u = np.einsum("ai,mcij,bj->abmc", t["G"], w, t["G"])
+    return u.reshape(d["winograd_shapes"]["u"]), v.reshape(d["winograd_shapes"]["v"])
+
+
+def _check_winograd_matrices(d, x, w, padding):
+    """The drawn transforms are F(2x2, 3x3)'s, the drawn tiles give the kernels' V, the
+    drawn filter transform their U, and each GEMM operand's IDs name U[k] / V[k]."""
+    for drawn, kernel in zip(d["transforms"].values(), k_winograd.matrices(np.float64),
+                             strict=True):
+        np.testing.assert_array_equal(drawn, kernel)
+    u, v = _winograd_operands(d, x, w)
+    th, tw = d["tile_grid"]
+    np.testing.assert_allclose(v, k_winograd.input_transform(x, padding, th, tw), rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(u, k_winograd.filter_transform(w), rtol=1e-12, atol=1e-12)
+    assert len(d["gemms"]) == 16
+    for k, g in enumerate(d["gemms"]):
+        assert (d["kinds"][g["a"]], d["kinds"][g["b"]], d["kinds"][g["c"]]) == ("u", "v", "m")
+        np.testing.assert_array_equal(explain.values(d["matrices"][g["a"]], u), u[k])
+        np.testing.assert_array_equal(explain.values(d["matrices"][g["b"]], v), v[k])
+
+
+def _check_winograd_convolution(d, x, w, y):
+    """The 16 drawn GEMMs on the drawn V and U, then Y = A^T M A into the drawn blocks:
+    every output written exactly once, equal to conv2d_forward(algo="winograd")."""
+    u, v = _winograd_operands(d, x, w)
+    mw = np.full(d["winograd_shapes"]["m"], np.nan)
+    for g in d["gemms"]:
+        a = explain.values(d["matrices"][g["a"]], u)
+        b = explain.values(d["matrices"][g["b"]], v)
+        assert a.shape == (g["M"], g["K"]) and b.shape == (g["K"], g["N"])
+        mw.ravel()[d["matrices"][g["c"]] - 1] = a @ b
+    assert not np.isnan(mw).any()
+    n, m = d["y_shape"][:2]
+    th, tw = d["tile_grid"]
+    at = d["transforms"]["A^T"]
+    blocks = np.einsum("ax,xymntu,by->nmtuab", at, mw.reshape(4, 4, m, n, th, tw), at)
+    got = np.full(y.size, np.nan)
+    ids = d["blocks"]
+    assert sorted(ids[ids > 0]) == list(range(1, y.size + 1))   # each output once
+    got[ids[ids > 0] - 1] = blocks[ids > 0]
+    np.testing.assert_allclose(got.reshape(y.shape), y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_winograd_transforms_and_gemms_give_the_convolution(case):
+    d, x, w, y = _data("winograd", case)
+    _check_winograd_matrices(d, x, w, case[3])
+    _check_winograd_convolution(d, x, w, y)
+    assert d["workspace_bytes"] == kernels.workspace_bytes("winograd", *case)
+    # the tile walk-through of the picture: tile t0 of image 0 is the padded input's corner
+    xp = pad_nchw(x, case[3])
+    np.testing.assert_array_equal(explain.values(d["tiles"][0, :, 0, 0], x),
+                                  np.pad(xp, ((0, 0), (0, 0), (0, 4), (0, 4)))[0, :, :4, :4])
 
 
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)
@@ -184,6 +263,8 @@ def test_text_kn2row_shows_kernel_matrix_and_shift(capsys, tmp_path, no_png):
 
 @pytest.mark.parametrize("algo", kernels.ALGORITHMS)
 def test_png_written(algo, tmp_path, capsys):
+    if algo == "winograd":
+        pytest.skip("winograd: 3x3 stride 1 only")   # test_winograd_cli below
     out = tmp_path / f"explain-{algo}.png"
     assert _cli(["explain", algo, "--out", str(out), "--input", "1,2,3,3", "--kernel", "2",
                  "--filters", "2"]) == 0
@@ -261,4 +342,23 @@ def test_bad_arguments_are_refused(capsys):
     assert _cli(["explain", "im2col", "--kernel", "9,9", "--padding", "0"]) == 2
     assert "larger than the padded input" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown algorithm"):
-        explain.lowering("winograd")
+        explain.lowering("fft")
+
+
+def test_winograd_cli(tmp_path, capsys):
+    """PNG and text on a 3x3 layer; another kernel or stride is refused in one line that
+    names the constraint."""
+    out = tmp_path / "explain-winograd.png"
+    assert _cli(["explain", "winograd", "--text", "--out", str(out), "--input", "1,1,4,4",
+                 "--filters", "2"]) == 0
+    text = capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "GEMM M[3,3] = U[3,3] @ V[3,3]   (M=2, N=4, K=1" in text
+    assert "B^T  (4 x 4):" in text and "G  (4 x 3):" in text and "A^T  (2 x 4):" in text
+    assert "1/2 -1/2  1/2" in text
+    assert "U[1,2]  (2 x 1):" in text and "U12m1c0" in text
+    for argv in (["--kernel", "5"], ["--stride", "2"]):
+        assert _cli(["explain", "winograd", "--out", str(out), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("minigrad explain: winograd: ") and err.count("\n") == 1
+        assert "3x3 kernel and stride 1" in err
