@@ -48,8 +48,18 @@ import numpy as np
 from . import kn2row
 from ._common import out_size, taps
 from ._numba import njit, prange, uintp, valid_range  # sets the threading layer
-from .gemm import matmul
-from .kn2row import SMALL_C, chunk_images
+from .gemm import (
+    blocking,
+    isa,
+    macro_kernel,
+    matmul,
+    pack_a,
+    pack_b,
+    panels,
+    scratch_tiles,
+    split_bounds,
+)
+from .kn2row import SMALL_C, chunk_images, per_image_threads
 
 
 def kernel_matrix_t(w):
@@ -200,11 +210,26 @@ def _gather_nb(dy, dp, h, wd, kh, kw, sh, sw, ph, pw):
                         dpf[dst + uintp(mm)] = dyf[uintp(((b * m + mm) * ho + oh) * wo + ow)]
 
 
-workspace_bytes_numba = kn2row.workspace_bytes_numba
+def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
+    """kn2row's chunked buffers (transposed), or the per-image path's (see its note)."""
+    n, c, h, wd = x_shape
+    m, _, kh, kw = w_shape
+    dtype = np.float32 if itemsize == 4 else np.float64
+    parts = per_image_threads(n, dtype) if c > SMALL_C else 0
+    if not parts:
+        return kn2row.workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize)
+    blk = blocking(dtype)
+    wo = out_size(h, wd, kh, kw, stride, padding)[1]
+    kkm = kh * kw * m
+    return itemsize * (panels(kkm, blk["nr"]) * c + parts * (
+        h * wd * kkm + panels(h * wd, blk["mr"]) * c + wo * m))
 
 
 def forward_numba(x, w, stride, padding):
     n, c, h, wd = x.shape
+    parts = per_image_threads(n, x.dtype) if c > SMALL_C else 0
+    if parts:
+        return _forward_per_image(x, w, stride, padding, parts)
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = out_size(h, wd, kh, kw, stride, padding)
@@ -227,6 +252,9 @@ def forward_numba(x, w, stride, padding):
 
 def backward_numba(dy, x, w, stride, padding):
     n, c, h, wd = x.shape
+    parts = per_image_threads(n, x.dtype) if c > SMALL_C else 0
+    if parts:
+        return _backward_per_image(dy, x, w, stride, padding, parts)
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
     kkm = kh * kw * m
@@ -245,5 +273,139 @@ def backward_numba(dy, x, w, stride, padding):
         matmul(wc, dpb.transpose(0, 2, 1), out=dx3[b0:b1])    # dx[n] = Wc dP^T
         matmul(x3[b0:b1], dpb, out=tb)                        # dWc += x[n] dP
         dwc += tb.sum(axis=0) if b1 - b0 > 1 else tb[0]
+    dw = np.ascontiguousarray(dwc.reshape(c, kh, kw, m).transpose(3, 0, 1, 2))
+    return dx, dw
+
+
+# --------------------------------------------------------------------------------------------
+# Numba, per image on kernels.gemm's loops (see the note in kernels/kn2row.py)
+# --------------------------------------------------------------------------------------------
+# Each thread takes whole images: P = x[n]^T @ Wc (H*W x KH*KW*M, in L2) with x[n]^T packed
+# straight from the NCHW image and Wc packed once, then the shift-add of that one image;
+# backward: dP gathered for one image, dx[n] = Wc @ dP^T and dWc_t += x[n] @ dP. Workspace of
+# the forward (T threads): ceil(KH*KW*M/NR)*NR * C (packed Wc) + T * (H*W*KH*KW*M (P)
+# + ceil(H*W/MR)*MR * C (packed x[n]^T) + Wo*M (a row's accumulator)).
+
+
+@njit(cache=True, nogil=True)
+def _shift_add_image(p, y, n, acc, h, wd, kh, kw, sh, sw, ph, pw):
+    """y[n] from one image's P (H*W, KH*KW*M): _shift_add_nb's loop for image n."""
+    _, m, ho, wo = y.shape
+    kkm = kh * kw * m
+    pf = p.ravel()
+    yf = y.ravel()
+    for oh in range(ho):
+        for e in range(wo * m):
+            acc[e] = 0.0
+        for i in range(kh):
+            ih = oh * sh - ph + i
+            if ih < 0 or ih >= h:
+                continue
+            for j in range(kw):
+                lo, hi = valid_range(j, pw, sw, wd, wo)
+                for ow in range(lo, hi):
+                    src = uintp((ih * wd + ow * sw + j - pw) * kkm + (i * kw + j) * m)
+                    dst = uintp(ow * m)
+                    for mm in range(m):
+                        acc[dst + uintp(mm)] += pf[src + uintp(mm)]
+        for mm in range(m):
+            base = uintp(((n * m + mm) * ho + oh) * wo)
+            for ow in range(wo):
+                yf[base + uintp(ow)] = acc[uintp(ow * m + mm)]
+
+
+@njit(cache=True, nogil=True)
+def _gather_image(dy, n, dp, h, wd, kh, kw, sh, sw, ph, pw):
+    """dP (H*W, KH*KW*M) = S^T(dy[n]): _gather_nb's loop for image n."""
+    _, m, ho, wo = dy.shape
+    kkm = kh * kw * m
+    dpf = dp.ravel()
+    dyf = dy.ravel()
+    for e in range(h * wd * kkm):
+        dpf[e] = 0.0
+    for ih in range(h):
+        for i in range(kh):
+            a = ih + ph - i
+            if a < 0 or a % sh != 0 or a // sh >= ho:
+                continue
+            oh = a // sh
+            for j in range(kw):
+                lo, hi = valid_range(j, pw, sw, wd, wo)
+                for ow in range(lo, hi):
+                    dst = uintp((ih * wd + ow * sw + j - pw) * kkm + (i * kw + j) * m)
+                    for mm in range(m):
+                        dpf[dst + uintp(mm)] = dyf[uintp(((n * m + mm) * ho + oh) * wo + ow)]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_images(g, x, wcpack, ps, apacks, accs, y, bounds, kh, kw, sh, sw, ph, pw,
+                    mr, nr, kc, tiles):
+    _, c, h, wd = x.shape
+    hw = h * wd
+    kkm = ps.shape[2]
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            pack_a(x[n].reshape(c, hw), True, 0, hw, 0, c, mr, apacks[t])   # A = x[n]^T
+            macro_kernel(g, c, apacks[t], wcpack, ps[t], 0, hw, 0, kkm, False, mr, nr, kc,
+                         tiles[t])
+            _shift_add_image(ps[t], y, n, accs[t], h, wd, kh, kw, sh, sw, ph, pw)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _backward_images(g, dy, x, wcapack, dps, apacks, bpacks, dx, dwc_parts, bounds,
+                     kh, kw, sh, sw, ph, pw, mr, nr, kc, tiles):
+    _, c, h, wd = x.shape
+    hw = h * wd
+    kkm = dps.shape[2]
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            _gather_image(dy, n, dps[t], h, wd, kh, kw, sh, sw, ph, pw)
+            pack_b(dps[t], True, 0, kkm, 0, hw, nr, bpacks[t])               # B = dP^T
+            macro_kernel(g, kkm, wcapack, bpacks[t], dx[n].reshape(c, hw), 0, c, 0, hw,
+                         False, mr, nr, kc, tiles[t])
+            pack_a(x[n].reshape(c, hw), False, 0, c, 0, hw, mr, apacks[t])  # A = x[n]
+            pack_b(dps[t], False, 0, hw, 0, kkm, nr, bpacks[t])              # B = dP
+            macro_kernel(g, hw, apacks[t], bpacks[t], dwc_parts[t], 0, c, 0, kkm,
+                         n > bounds[t], mr, nr, kc, tiles[t])
+
+
+def _forward_per_image(x, w, stride, padding, parts):
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = out_size(h, wd, kh, kw, stride, padding)
+    kkm, hw, dt = kh * kw * m, h * wd, x.dtype
+    blk = blocking(dt)
+    mr, nr = blk["mr"], blk["nr"]
+    wcpack = np.empty(panels(kkm, nr) * c, dtype=dt)
+    pack_b(kernel_matrix_t(w), False, 0, c, 0, kkm, nr, wcpack)
+    ps = np.empty((parts, hw, kkm), dtype=dt)
+    apacks = np.empty((parts, panels(hw, mr) * c), dtype=dt)
+    accs = np.empty((parts, wo * m), dtype=dt)
+    y = np.empty((n, m, ho, wo), dtype=dt)
+    _forward_images(isa(), x, wcpack, ps, apacks, accs, y,
+                    np.asarray(split_bounds(n, parts, 1)), kh, kw, sh, sw, ph, pw,
+                    mr, nr, blk["kc"], scratch_tiles(dt, parts))
+    return y
+
+
+def _backward_per_image(dy, x, w, stride, padding, parts):
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    kkm, hw, dt = kh * kw * m, h * wd, x.dtype
+    blk = blocking(dt)
+    mr, nr = blk["mr"], blk["nr"]
+    wcapack = np.empty(panels(c, mr) * kkm, dtype=dt)
+    pack_a(kernel_matrix_t(w), False, 0, c, 0, kkm, mr, wcapack)               # A = Wc
+    dps = np.empty((parts, hw, kkm), dtype=dt)
+    apacks = np.empty((parts, panels(c, mr) * hw), dtype=dt)
+    bpacks = np.empty((parts, max(panels(hw, nr) * kkm, panels(kkm, nr) * hw)), dtype=dt)
+    dwc_parts = np.empty((parts, c, kkm), dtype=dt)
+    dx = np.empty_like(x)
+    _backward_images(isa(), dy, x, wcapack, dps, apacks, bpacks, dx, dwc_parts,
+                     np.asarray(split_bounds(n, parts, 1)), kh, kw, sh, sw, ph, pw,
+                     mr, nr, blk["kc"], scratch_tiles(dt, parts))
+    dwc = dwc_parts.sum(axis=0)
     dw = np.ascontiguousarray(dwc.reshape(c, kh, kw, m).transpose(3, 0, 1, 2))
     return dx, dw

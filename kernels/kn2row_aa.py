@@ -35,15 +35,28 @@ Workspace (bytes), what forward really allocates besides y:
 Backward allocates W_ij, dP (Cout x H*W), a Cout x Cin GEMM result and a Cin x H*W one:
     itemsize * (2*Cout*Cin + (Cout + Cin)*H*W).
 
-NumPy reference: loops over taps, then images. Numba: the same tap-by-tap GEMMs through
-NumPy's BLAS, stacked over a chunk of images, and one parallel shift-add (gather, band add)
-kernel per tap and chunk; see the note at the Numba section for the chunk's memory.
+NumPy reference: loops over taps, then images. Numba, stride 1 on kernels.gemm: threads take
+whole images and each tap's GEMM reads its shifted input rows in place and accumulates into
+the output, so the shift-add is the GEMM's write-out (the "windows" note below). Otherwise:
+the tap-by-tap GEMMs stacked over a chunk of images, and one parallel shift-add (gather, band
+add) kernel per tap and chunk; see the note at the Numba section for the chunk's memory.
 """
 import numpy as np
 
 from ._common import out_size, taps
 from ._numba import njit, prange, uintp  # sets the threading layer
-from .kn2row import SMALL_C, chunk_images
+from .gemm import (
+    blocking,
+    isa,
+    macro_kernel_rows_a,
+    macro_kernel_rows_b,
+    pack_a,
+    panels,
+    scratch_tiles,
+    split_bounds,
+    tile_shape,
+)
+from .kn2row import SMALL_C, chunk_images, crop, pad_image, per_image_threads
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +152,15 @@ def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
     """The Numba forward's buffers: one tap's weights + one image's partial, or nothing when
     C <= SMALL_C (the tap's GEMM is fused into the shift-add)."""
     _, _, h, wd = x_shape
-    m, c, _, _ = w_shape
+    m, c, kh, kw = w_shape
+    dtype = np.float32 if itemsize == 4 else np.float64
+    parts = _uses_windows(x_shape, w_shape, stride, padding, dtype)
+    if parts:  # the windows path (see its note below)
+        blk = blocking(dtype)
+        hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
+        ho = hp - kh + 1
+        return itemsize * (kh * kw * panels(m, blk["mr"]) * c
+                           + parts * (c * hp * wp + kw + blk["vl"] + m * ho * wp))
     return 0 if c <= SMALL_C else itemsize * m * (h * wd + c)
 
 
@@ -220,6 +241,9 @@ def _add_band_nb(q, dx3, b0, off):
 
 
 def forward_numba(x, w, stride, padding):
+    parts = _uses_windows(x.shape, w.shape, stride, padding, x.dtype)
+    if parts:
+        return _forward_numba_windows(x, w, padding, parts)
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     sh, sw = stride
@@ -249,6 +273,9 @@ def forward_numba(x, w, stride, padding):
 
 
 def backward_numba(dy, x, w, stride, padding):
+    parts = _uses_windows(x.shape, w.shape, stride, padding, x.dtype)
+    if parts:
+        return _backward_numba_windows(dy, x, w, padding, parts)
     n, c, h, wd = x.shape
     m = w.shape[0]
     sh, sw = stride
@@ -277,4 +304,170 @@ def backward_numba(dy, x, w, stride, padding):
             dw[:, :, t.i, t.j] += dwij[:nb].sum(axis=0) if nb > 1 else dwij[0]
             np.matmul(wij.T, dpb, out=qb)                             # dx += W_ij^T dP
             _add_band_nb(qb, dx3, b0, r0 * wd)
+    return dx, dw
+
+
+# --------------------------------------------------------------------------------------------
+# Numba, stride 1: the shift-add fused into the GEMM ("windows", as in kernels/im2col.py)
+# --------------------------------------------------------------------------------------------
+# With stride 1, and the output computed over the padded width Wp (output "pixel"
+# p = oh*Wp + ow; the last KW-1 of every row are extra, computed and dropped), tap (i, j)'s
+# shift is a constant offset: the partial it adds at output p is W_ij @ xpad[:, p + i*Wp + j].
+# So the tap's GEMM reads its B rows (one per input channel) in place, from a row table
+# off_ij[c] = c*Hp*Wp + i*Wp + j into the zero-padded image (kernels.gemm's
+# macro_kernel_rows_b), and accumulates straight into the output Y_ext (M x Ho*Wp): the
+# shift-add IS the GEMM's write-out, and the partial P is never stored. Per thread and image:
+#     xpad = x[n] zero-padded;  Y_ext = sum over taps of W_ij @ B_ij;  y[n] = Y_ext cropped
+#     dW_ij^T (C x M) += B_ij @ dY_ext^T       A rows read in place (macro_kernel_rows_a)
+#     dX_ext (C x H*Wp) = sum over taps W_ij^T @ dZ_ij, dZ_ij rows read in place in dz (dy
+#                         spread over Wp-wide rows with zeros around): the adjoint shift
+# Each thread's buffers are one image's (in L2); the images are shared out between threads
+# and every thread writes only its own images' y / dx and its own dW sum.
+# Workspace of this forward (T threads, MR = the GEMM's tile height):
+#     KH*KW * ceil(M/MR)*MR * C                the packed W_ij
+#     + T * (C*Hp*Wp + KW + VL + M*Ho*Wp)      xpad (+ the last window's tail) and Y_ext
+# MNIST conv2, 2 threads: 0.14 MiB. The backward allocates per thread xpad, the packed
+# dY_ext^T, dz, dX_ext and a dW^T sum (KH*KW*C*M), and the packed W_ij^T once.
+
+
+def _uses_windows(x_shape, w_shape, stride, padding, dtype):
+    """Threads for the windows path (0: not taken): stride 1, kernels.gemm the GEMM, enough
+    images for every thread, C above SMALL_C, and at most a third of the columns extra."""
+    n, c, _, wd = x_shape
+    kw = w_shape[3]
+    if tuple(stride) != (1, 1) or c <= SMALL_C or 3 * (kw - 1) > wd + 2 * padding[1]:
+        return 0
+    return per_image_threads(n, dtype)
+
+
+def _tap_tables(c, kh, kw, hp, wp, rows):
+    """off[tap, c] = c*Hp*Wp + i*Wp + j, each tap's row padded to `rows` with its last entry."""
+    off = np.empty((kh * kw, rows), dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            off[i * kw + j, :c] = np.arange(c) * (hp * wp) + i * wp + j
+            off[i * kw + j, c:] = off[i * kw + j, c - 1]
+    return off
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_windows(g, x, wpacks, offs, ph, pw, y, bounds, xpads, yexts, mr, nr, kc, tiles):
+    """Thread t, for its images n: y[n] = sum over taps of W_ij @ (xpad shifted by (i, j))."""
+    c = x.shape[1]
+    m, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    wp = x.shape[3] + 2 * pw
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            pad_image(x, n, ph, pw, xpads[t])
+            for tap in range(offs.shape[0]):  # the tap's GEMM adds into Y_ext: its shift-add
+                macro_kernel_rows_b(g, c, wpacks[tap], xpads[t], offs[tap], yexts[t], m,
+                                    ho * wp, tap > 0, mr, nr, kc, tiles[t])
+            crop(yexts[t], wp, 0, m * ho, wo, y, n)
+
+
+@njit(cache=True, nogil=True)
+def _spread_dy(dy, n, wp, lead, lz, dz):
+    """dz[m*lz + lead + oh*Wp + ow] = dy[n, m, oh, ow]; the rest of dz stays zero."""
+    _, m_out, ho, wo = dy.shape
+    dyf = dy.ravel()
+    for m in range(m_out):
+        for oh in range(ho):
+            s = uintp(((n * m_out + m) * ho + oh) * wo)
+            d = uintp(m * lz + lead + oh * wp)
+            for ow in range(wo):
+                dz[d + uintp(ow)] = dyf[s + uintp(ow)]
+
+
+@njit(cache=True, nogil=True)
+def _pack_dy_t(dy, n, wp, nr, bpack):
+    """B = dY_ext^T (Ho*Wp x M), packed: bpack[q, oh*Wp + ow, j] = dy[n, q*NR + j, oh, ow].
+    Extra columns (ow >= Wo) and rows past M are never written: zero."""
+    _, m_out, ho, wo = dy.shape
+    k = ho * wp
+    dyf = dy.ravel()
+    for q in range((m_out + nr - 1) // nr):
+        width = min(nr, m_out - q * nr)
+        for oh in range(ho):
+            for ow in range(wo):
+                d = uintp((q * k + oh * wp + ow) * nr)
+                s = uintp(((n * m_out + q * nr) * ho + oh) * wo + ow)
+                for j in range(width):
+                    bpack[d + uintp(j)] = dyf[s + uintp(j * ho * wo)]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _backward_windows(g, dy, x, w2packs, offs, dtabs, ph, pw, lead, lz, dx, dwt_parts,
+                      bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc, tiles, rtiles):
+    """Thread t, for its images n and every tap: dwt_parts[t, tap] += B_ij @ dY_ext^T and
+    dX_ext += W_ij^T @ dZ_ij; dx[n] = dX_ext cropped."""
+    c, h, wd = x.shape[1], x.shape[2], x.shape[3]
+    m, ho = dy.shape[1], dy.shape[2]
+    wp = wd + 2 * pw
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            pad_image(x, n, ph, pw, xpads[t])
+            _pack_dy_t(dy, n, wp, nra, dypacks[t])
+            _spread_dy(dy, n, wp, lead, lz, dzs[t])
+            for tap in range(offs.shape[0]):
+                macro_kernel_rows_a(g, ho * wp, xpads[t], offs[tap], dypacks[t],
+                                    dwt_parts[t, tap], c, m, n > bounds[t], mra, nra, kc,
+                                    rtiles[t])
+                macro_kernel_rows_b(g, m, w2packs[tap], dzs[t], dtabs[tap], dxexts[t], c,
+                                    h * wp, tap > 0, mr, nr, kc, tiles[t])
+            crop(dxexts[t], wp, pw, c * h, wd, dx, n)
+
+
+def _forward_numba_windows(x, w, padding, parts):
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    ph, pw = padding
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    ho, wo = hp - kh + 1, wp - kw + 1
+    dt = x.dtype
+    blk = blocking(dt)
+    mr, nr, vl = blk["mr"], blk["nr"], blk["vl"]
+    offs = _tap_tables(c, kh, kw, hp, wp, c)
+    wpacks = np.empty((kh * kw, panels(m, mr) * c), dtype=dt)
+    for i in range(kh):
+        for j in range(kw):
+            pack_a(w[:, :, i, j], False, 0, m, 0, c, mr, wpacks[i * kw + j])
+    xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
+    yexts = np.empty((parts, m, ho * wp), dtype=dt)
+    y = np.empty((n, m, ho, wo), dtype=dt)
+    _forward_windows(isa(), x, wpacks, offs, ph, pw, y, np.asarray(split_bounds(n, parts, 1)),
+                     xpads, yexts, mr, nr, blk["kc"], scratch_tiles(dt, parts))
+    return y
+
+
+def _backward_numba_windows(dy, x, w, padding, parts):
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    ph, pw = padding
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    ho = dy.shape[2]
+    dt = x.dtype
+    blk = blocking(dt)
+    mr, nr, vl = blk["mr"], blk["nr"], blk["vl"]
+    mra, nra = tile_shape(dt, "rows")  # the dW GEMMs' tile: A's rows read in place
+    offs = _tap_tables(c, kh, kw, hp, wp, panels(c, mra))
+    lead = (kh - 1) * wp + kw - 1       # dz: a zero margin before dy ...
+    lz = lead + (ph + h) * wp + vl      # ... and after it, in every channel's row of dz
+    dtabs = np.empty((kh * kw, m), dtype=np.int64)
+    w2packs = np.empty((kh * kw, panels(c, mr) * m), dtype=dt)
+    for i in range(kh):
+        for j in range(kw):
+            dtabs[i * kw + j] = np.arange(m) * lz + lead + (ph - i) * wp - j
+            pack_a(w[:, :, i, j], True, 0, c, 0, m, mr, w2packs[i * kw + j])  # W_ij^T
+    xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
+    dypacks = np.zeros((parts, panels(m, nra) * ho * wp), dtype=dt)
+    dzs = np.zeros((parts, m * lz), dtype=dt)
+    dxexts = np.empty((parts, c, h * wp), dtype=dt)
+    dwt_parts = np.empty((parts, kh * kw, c, m), dtype=dt)
+    rtiles = np.empty((parts, mra, nra), dtype=dt)
+    dx = np.empty_like(x)
+    _backward_windows(isa(), dy, x, w2packs, offs, dtabs, ph, pw, lead, lz, dx, dwt_parts,
+                      np.asarray(split_bounds(n, parts, 1)), xpads, dypacks, dzs, dxexts,
+                      mr, nr, mra, nra, blk["kc"], scratch_tiles(dt, parts), rtiles)
+    dwt = dwt_parts.sum(axis=0)                                   # (KH*KW, C, M)
+    dw = np.ascontiguousarray(dwt.reshape(kh, kw, c, m).transpose(3, 2, 0, 1))
     return dx, dw

@@ -116,7 +116,7 @@ ROWS_SHAPES = [  # m, n, k: one tile, edges (1-, 2-, 3-vector kernels), several 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", ROWS_SHAPES)
 def test_macro_kernels_reading_rows_in_place(shape, dtype):
-    """_macro_kernel_rows_b / _rows_a: one operand read through a row table (rows anywhere in
+    """macro_kernel_rows_b / _rows_a: one operand read through a row table (rows anywhere in
     an array, overlapping), the other packed, against NumPy; overwrite and accumulate."""
     m, n, k = shape
     blk = G.BLOCKING[np.dtype(dtype)]
@@ -128,32 +128,47 @@ def test_macro_kernels_reading_rows_in_place(shape, dtype):
 
     a = rng.standard_normal((m, k)).astype(dtype)
     apack = np.zeros(-(-m // mr) * mr * k, dtype)
-    G._pack_a(a, False, 0, m, 0, k, mr, apack)
+    G.pack_a(a, False, 0, m, 0, k, mr, apack)
     src = rng.standard_normal(300 + n + vl).astype(dtype)  # B's rows overlap in here
     b_tab = rng.integers(0, 300, k).astype(np.int64)
     b = np.stack([src[t:t + n] for t in b_tab])
     c = rng.standard_normal((m, n)).astype(dtype)
     start = c.copy()
-    G._macro_kernel_rows_b(k, apack, src, b_tab, c, m, n, True, mr, nr, kc, tile)
+    G.macro_kernel_rows_b(G.isa(), k, apack, src, b_tab, c, m, n, True, mr, nr, kc, tile)
     np.testing.assert_allclose(c, start + a @ b, **tol)
-    G._macro_kernel_rows_b(k, apack, src, b_tab, c, m, n, False, mr, nr, kc, tile)
+    G.macro_kernel_rows_b(G.isa(), k, apack, src, b_tab, c, m, n, False, mr, nr, kc, tile)
     np.testing.assert_allclose(c, a @ b, **tol)
 
-    mr, nr = G.tile_shape(dtype, "rows")  # 6 x 4 vectors: a tile of its own
-    assert mr * nr == tile.size
+    mr, nr = G.tile_shape(dtype, "rows")  # a tile of its own
+    tile = np.zeros((mr, nr), dtype)
     src = rng.standard_normal(300 + k).astype(dtype)  # A's rows overlap in here
     a_tab = rng.integers(0, 300, -(-m // mr) * mr).astype(np.int64)
     a = np.stack([src[t:t + k] for t in a_tab[:m]])
     b = rng.standard_normal((k, n)).astype(dtype)
     bpack = np.zeros(-(-n // nr) * nr * k, dtype)
-    G._pack_b(b, False, 0, k, 0, n, nr, bpack)
-    G._macro_kernel_rows_a(k, src, a_tab, bpack, c, m, n, False, mr, nr, kc, tile)
+    G.pack_b(b, False, 0, k, 0, n, nr, bpack)
+    G.macro_kernel_rows_a(G.isa(), k, src, a_tab, bpack, c, m, n, False, mr, nr, kc, tile)
     np.testing.assert_allclose(c, a @ b, **tol)
     start = c.copy()
-    G._macro_kernel_rows_a(k, src, a_tab, bpack, c, m, n, True, mr, nr, kc, tile)
+    G.macro_kernel_rows_a(G.isa(), k, src, a_tab, bpack, c, m, n, True, mr, nr, kc, tile)
     np.testing.assert_allclose(c, start + a @ b, **tol)
 
 
 def test_microkernel_modes_are_checked():
     with pytest.raises(ValueError, match="rows"):
-        G._make_microkernel(None, "rows", "rows")
+        G.make_microkernel(None, "rows", "rows")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 5, 3), (65, 70, 300), (130, 260, 520)])
+def test_reference_gemm_matches_numpy(shape, dtype):
+    """The plain-Numba reference (kernels/gemm/reference.py): odd sizes, every block edge."""
+    from minigrad.kernels.gemm import reference
+
+    m, n, k = shape
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(reference.gemm_reference(a, b), a.astype(np.float64) @ b,
+                               rtol=tol, atol=tol * np.sqrt(k))
