@@ -136,7 +136,11 @@ def test_kill_9_during_save_leaves_a_temp_file_the_next_save_removes(tmp_path):
     leftovers = [n for n in os.listdir(tmp_path) if n != "ck.npz"]
     assert len(leftovers) == 1 and leftovers[0].startswith(".ck.npz.minigrad-tmp-")
     assert not target.exists()
-    old = time.time() - 60  # written before this process started, as it would be
+    # written before this process started, as a file left by an earlier run would be (this
+    # pytest process may have been running for many minutes already)
+    from minigrad import checkpoint
+
+    old = checkpoint._PROCESS_START - 60
     os.utime(tmp_path / leftovers[0], (old, old))
     save_checkpoint(target, IrisMLP(), epoch=2)
     assert os.listdir(tmp_path) == ["ck.npz"]

@@ -17,6 +17,7 @@ n_w samples; the global mean is  sum_w n_w g_w / n.  `weighted_flat_grad` return
 n_w/n * g_w as one flat vector, and an allreduce-sum of those is the global gradient.
 """
 import copy
+import functools
 import os
 import signal
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import functional as F
+from .. import threads
 from ..data.loader import DataLoader
 from ..data.transforms import batch_rng, is_random
 from ..tensor import Tensor
@@ -185,3 +187,43 @@ class Faults:
             import time
 
             time.sleep(self.stall[rank][1])
+
+
+# --------------------------------------------------------------------------- thread budget
+
+def thread_plan(workers, comm="threads", cores=None):
+    """The thread budget of one process of a distributed run (`minigrad.threads.plan`).
+
+    With threads, this process runs `workers` training threads; under MPI it runs one, and
+    the host's cores are first split between the ranks on it. Under MPI every rank must
+    call this: counting the ranks on a host may be a collective operation (a shared-memory
+    split of COMM_WORLD), which needs MPI initialised, so MPI is initialised here first.
+    """
+    if comm == "mpi":
+        from .comm_mpi import MPIComm
+
+        MPIComm()  # imports mpi4py, which initialises MPI (a clear error without mpi4py)
+    return threads.plan(workers=workers if comm == "threads" else 1, cores=cores)
+
+
+def on_root(comm):
+    """Rank 0 of an MPI run, or the one process of a threads run."""
+    if comm == "threads":
+        return True
+    from .comm_mpi import MPIComm
+
+    return MPIComm().rank == 0
+
+
+def budgeted(plan, fn):
+    """`fn(comm)` as a thread worker that first takes its share of the budget.
+
+    Numba's thread count belongs to the calling thread, so each worker thread sets its own
+    (`threads.apply_in_worker`): W workers x plan.numba_threads_per_worker Numba threads,
+    never W x every core. Wrap every function handed to `launch_threads` with it.
+    """
+    @functools.wraps(fn)
+    def worker(c):
+        threads.apply_in_worker(plan)
+        return fn(c)
+    return worker

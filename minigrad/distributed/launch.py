@@ -54,7 +54,6 @@ Failures.
   `mpiexec -print-all-exitcodes` adds every rank's exit code, in rank order per host.
   Either way, resume from the last checkpoint: at most the epoch in progress is lost.
 """
-import functools
 import os
 import sys
 import time
@@ -64,7 +63,15 @@ import numpy as np
 from .. import threads
 from ..data.transforms import is_random
 from ..train import evaluate, make_optimizer
-from .common import Faults, ShardedBatches, replica, sharded_evaluate
+from .common import (
+    Faults,
+    ShardedBatches,
+    budgeted,
+    on_root,
+    replica,
+    sharded_evaluate,
+    thread_plan,
+)
 from .dgc import CLIP_NORM, WARMUP_EPOCHS
 
 STRATEGIES = ("sync", "hogwild", "async", "dgc", "model-parallel", "tensor-slicing")
@@ -73,44 +80,6 @@ SPLIT_STRATEGIES = ("model-parallel", "tensor-slicing")  # every worker runs the
 
 class DistributedRunFailed(RuntimeError):
     """A rank failed and the run stopped; the message says which, and how to resume."""
-
-
-def thread_plan(workers, comm="threads", cores=None):
-    """The thread budget of one process of a distributed run (`minigrad.threads.plan`).
-
-    With threads, this process runs `workers` training threads; under MPI it runs one, and
-    the host's cores are first split between the ranks on it. Under MPI every rank must
-    call this: counting the ranks on a host may be a collective operation (a shared-memory
-    split of COMM_WORLD), which needs MPI initialised, so MPI is initialised here first.
-    """
-    if comm == "mpi":
-        from .comm_mpi import MPIComm
-
-        MPIComm()  # imports mpi4py, which initialises MPI (a clear error without mpi4py)
-    return threads.plan(workers=workers if comm == "threads" else 1, cores=cores)
-
-
-def _is_root(comm):
-    """Rank 0 of an MPI run, or the one process of a threads run."""
-    if comm == "threads":
-        return True
-    from .comm_mpi import MPIComm
-
-    return MPIComm().rank == 0
-
-
-def budgeted(plan, fn):
-    """`fn(comm)` as a thread worker that first takes its share of the budget.
-
-    Numba's thread count belongs to the calling thread, so each worker thread sets its own
-    (`threads.apply_in_worker`): W workers x plan.numba_threads_per_worker Numba threads,
-    never W x every core. Wrap every function handed to `launch_threads` with it.
-    """
-    @functools.wraps(fn)
-    def worker(c):
-        threads.apply_in_worker(plan)
-        return fn(c)
-    return worker
 
 
 _STATS_KEYS = ("bytes_sent", "dense_bytes", "bytes_moved", "dense_moved",
@@ -278,7 +247,7 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
 
     # -- run the ranks ---------------------------------------------------------------------
     plan = thread_plan(workers, comm, cores)  # on every rank (see thread_plan)
-    if log is not None and _is_root(comm):
+    if log is not None and on_root(comm):
         log(f"[{strategy}] threads: {plan.describe()}")
         for note in plan.notes:
             log(f"[{strategy}] threads: note: {note}")

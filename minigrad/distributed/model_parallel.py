@@ -351,8 +351,15 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
     """
     from .. import threads
     from ..train import make_optimizer
-    from .common import ShardedBatches, flat_params, load_flat, replica, sharded_evaluate
-    from .launch import budgeted, thread_plan
+    from .common import (
+        ShardedBatches,
+        budgeted,
+        flat_params,
+        load_flat,
+        replica,
+        sharded_evaluate,
+        thread_plan,
+    )
 
     if comm not in ("threads", "mpi"):
         raise ValueError(f"unknown comm {comm!r}: expected 'threads' or 'mpi'")
