@@ -30,7 +30,7 @@ def sgemm_gflops():
 
     Recorded in the conv benchmarks' extra_info as a yardstick measured in the same run: a
     GEMM-bound kernel's GFLOP/s read against what NumPy's BLAS reaches on this machine. It is
-    not a ceiling: minigrad's own GEMM (kernels/gemm.py) may beat it, and OpenBLAS may be
+    not a ceiling: minigrad's own GEMM (kernels/gemm/) may beat it, and OpenBLAS may be
     pinned to older kernels (machine_info.minigrad.blas says which).
     """
     n = 2048

@@ -125,6 +125,27 @@ def replica(model):
     return copy.deepcopy(model)
 
 
+def warm_up(model, train_data, *, transform=None, batch_size=64, optimizer="sgd", lr=0.01,
+            momentum=0.0):
+    """Run one training step on a throwaway copy of `model`, so that Numba compiles every
+    kernel a step uses (about 10 s when its on-disk cache is cold) before any worker starts.
+
+    Without it, the first steps of every worker compile at once: the parameter server saw
+    its workers silent for longer than its stall timeout and dropped them all, and every
+    strategy's train_seconds and images/s counted the compilation.
+    """
+    from ..train import make_optimizer
+
+    X, y = train_data
+    xb, yb = X[:batch_size], y[:batch_size]
+    if transform is not None and not is_random(transform):  # random ones compile in the loader
+        xb, yb = transform((xb, yb))
+    m = replica(model)
+    loss = F.cross_entropy(m(Tensor(xb)), yb)
+    loss.backward()
+    make_optimizer(optimizer, m.parameters(), lr, momentum=momentum).step()
+
+
 def shared_view(model):
     """A copy of `model` whose Parameters share their arrays with `model`'s.
 

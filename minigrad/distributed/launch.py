@@ -71,6 +71,7 @@ from .common import (
     replica,
     sharded_evaluate,
     thread_plan,
+    warm_up,
 )
 from .dgc import CLIP_NORM, WARMUP_EPOCHS
 
@@ -251,6 +252,9 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
         log(f"[{strategy}] threads: {plan.describe()}")
         for note in plan.notes:
             log(f"[{strategy}] threads: note: {note}")
+    with threads.limits(plan):  # compile the kernels first (each MPI rank its own process)
+        warm_up(model, train_data, transform=transform, batch_size=batch_size,
+                optimizer="sgd" if strategy != "sync" else optimizer, lr=lr, momentum=momentum)
     t0 = time.perf_counter()
     with threads.limits(plan):  # BLAS for the process, Numba for this (the main) thread
         if comm == "threads":

@@ -359,6 +359,7 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
         replica,
         sharded_evaluate,
         thread_plan,
+        warm_up,
     )
 
     if comm not in ("threads", "mpi"):
@@ -412,6 +413,9 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
                 "loss_sum": loss_sum, "correct": correct, "seen": seen}
 
     plan = thread_plan(workers, comm, cores)
+    with threads.limits(plan):  # compile the kernels before the clock starts
+        warm_up(model, train_data, transform=transform, batch_size=batch_size,
+                optimizer=optimizer, lr=lr, momentum=momentum)
     t0 = time.perf_counter()
     with threads.limits(plan):
         if comm == "threads":
