@@ -43,6 +43,7 @@ from .gemm import (
 from .gemm import (
     isa as gemm_isa,
 )
+from .windows import crop, pack_dy_t, spread_dy
 
 # --------------------------------------------------------------------------- packed: any stride
 # The "packed" path (any stride; stride 1 usually takes "windows", below; _numba_path picks)
@@ -160,7 +161,6 @@ def _lower_packed_t(xpad, off, base, nr, bpack):
                 bpack[dst + uintp(j)] = 0
 
 
-
 @njit(parallel=True, cache=True, nogil=True)
 def _forward_images(isa, x, wpack, off, base, ph, pw, y, bounds, xpads, bpacks, mr, nr, kc, tiles):
     """Thread t: for n in bounds[t]:bounds[t+1], y[n] (M x HoWo) = W_mat @ cols(x[n])."""
@@ -251,19 +251,6 @@ def _dz_rows(m, kh, kw, wp, ph, lead, lz):
     return dtab
 
 
-@njit(cache=True, nogil=True)
-def _crop(src, ld, first, rows, width, dst, n):
-    """dst[n] (rows x width, flat) = src's rows of ld numbers, from column `first` on."""
-    sf = src.ravel()
-    df = dst.ravel()
-    base = uintp(n * rows * width)
-    for r in range(rows):
-        s = uintp(r * ld + first)
-        d = base + uintp(r * width)
-        for j in range(width):
-            df[d + uintp(j)] = sf[s + uintp(j)]
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def _forward_windows(isa, x, wpack, off, ckk, ph, pw, y, bounds, xpads, yexts, mr, nr, kc, tiles):
     """Thread t, for its images n: y[n] = W_mat @ cols(x[n]), cols read in place in xpad."""
@@ -274,37 +261,7 @@ def _forward_windows(isa, x, wpack, off, ckk, ph, pw, y, bounds, xpads, yexts, m
             _pad_image(x, n, ph, pw, xpads[t])
             macro_kernel_rows_b(isa, ckk, wpack, xpads[t], off, yexts[t], m, ho * wp, False,
                                  mr, nr, kc, tiles[t])
-            _crop(yexts[t], wp, 0, m * ho, wo, y, n)
-
-
-@njit(cache=True, nogil=True)
-def _spread_dy(dy, n, wp, lead, lz, dz):
-    """dz[m*lz + lead + oh*Wp + ow] = dy[n, m, oh, ow]; the rest of dz stays zero."""
-    _, m_out, ho, wo = dy.shape
-    dyf = dy.ravel()
-    for m in range(m_out):
-        for oh in range(ho):
-            s = uintp(((n * m_out + m) * ho + oh) * wo)
-            d = uintp(m * lz + lead + oh * wp)
-            for ow in range(wo):
-                dz[d + uintp(ow)] = dyf[s + uintp(ow)]
-
-
-@njit(cache=True, nogil=True)
-def _pack_dy_t(dy, n, wp, nr, bpack):
-    """B = dY_ext^T (Ho*Wp x M) as the GEMM packs it: bpack[q, oh*Wp + ow, j] = dy[n, q*NR + j,
-    oh, ow]. Extra columns (ow >= Wo) and rows past M are left as they are: zero."""
-    _, m_out, ho, wo = dy.shape
-    k = ho * wp
-    dyf = dy.ravel()
-    for q in range((m_out + nr - 1) // nr):
-        width = min(nr, m_out - q * nr)
-        for oh in range(ho):
-            for ow in range(wo):
-                d = uintp((q * k + oh * wp + ow) * nr)
-                s = uintp(((n * m_out + q * nr) * ho + oh) * wo + ow)
-                for j in range(width):
-                    bpack[d + uintp(j)] = dyf[s + uintp(j * ho * wo)]
+            crop(yexts[t], wp, 0, m * ho, wo, y, n)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -319,14 +276,14 @@ def _backward_windows(isa, dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_p
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             _pad_image(x, n, ph, pw, xpads[t])
-            _pack_dy_t(dy, n, wp, nra, dypacks[t])
+            pack_dy_t(dy, n, wp, nra, dypacks[t])
             macro_kernel_rows_a(isa, ho * wp, xpads[t], off, dypacks[t], dwt_parts[t], ckk, m,
                                  n > bounds[t], mra, nra, kc, tiles[t])
             if need_dx:
-                _spread_dy(dy, n, wp, lead, lz, dzs[t])
+                spread_dy(dy, n, wp, lead, lz, dzs[t])
                 macro_kernel_rows_b(isa, dtab.shape[0], w2pack, dzs[t], dtab, dxexts[t], c,
                                      h * wp, False, mr, nr, kc, tiles[t])
-                _crop(dxexts[t], wp, pw, c * h, wd, dx, n)
+                crop(dxexts[t], wp, pw, c * h, wd, dx, n)
 
 
 def forward_windows(x, w, padding, y, parts):
@@ -387,7 +344,6 @@ def backward_windows(dy, x, w, padding, need_dx, dx, parts):
     for t in range(1, parts):
         dwt += dwt_parts[t]
     return np.ascontiguousarray(dwt.T).reshape(w.shape)
-
 
 
 # --------------------------------------------------------------------------- the drivers

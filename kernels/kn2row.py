@@ -376,19 +376,6 @@ def pad_image(x, n, ph, pw, xpad):
 
 
 @njit(cache=True, nogil=True)
-def crop(src, ld, first, rows, width, dst, n):
-    """dst[n] (rows x width, flat) = src's rows of ld numbers, from column `first` on."""
-    sf = src.ravel()
-    df = dst.ravel()
-    base = uintp(n * rows * width)
-    for r in range(rows):
-        s = uintp(r * ld + first)
-        d = base + uintp(r * width)
-        for j in range(width):
-            df[d + uintp(j)] = sf[s + uintp(j)]
-
-
-@njit(cache=True, nogil=True)
 def _shift_add_image(p, y, n, kh, kw, sh, sw, ph, pw, h, wd):
     """y[n] = sum_ij clipped, strided shift of P_ij; p (KH*KW*M, H*W) is one image's maps."""
     _, m, ho, wo = y.shape

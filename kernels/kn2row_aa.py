@@ -56,7 +56,8 @@ from .gemm import (
     split_bounds,
     tile_shape,
 )
-from .kn2row import SMALL_C, chunk_images, crop, pad_image, per_image_threads
+from .kn2row import SMALL_C, chunk_images, pad_image, per_image_threads
+from .windows import crop, pack_dy_t, spread_dy
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,36 +366,6 @@ def _forward_windows(g, x, wpacks, offs, ph, pw, y, bounds, xpads, yexts, mr, nr
             crop(yexts[t], wp, 0, m * ho, wo, y, n)
 
 
-@njit(cache=True, nogil=True)
-def _spread_dy(dy, n, wp, lead, lz, dz):
-    """dz[m*lz + lead + oh*Wp + ow] = dy[n, m, oh, ow]; the rest of dz stays zero."""
-    _, m_out, ho, wo = dy.shape
-    dyf = dy.ravel()
-    for m in range(m_out):
-        for oh in range(ho):
-            s = uintp(((n * m_out + m) * ho + oh) * wo)
-            d = uintp(m * lz + lead + oh * wp)
-            for ow in range(wo):
-                dz[d + uintp(ow)] = dyf[s + uintp(ow)]
-
-
-@njit(cache=True, nogil=True)
-def _pack_dy_t(dy, n, wp, nr, bpack):
-    """B = dY_ext^T (Ho*Wp x M), packed: bpack[q, oh*Wp + ow, j] = dy[n, q*NR + j, oh, ow].
-    Extra columns (ow >= Wo) and rows past M are never written: zero."""
-    _, m_out, ho, wo = dy.shape
-    k = ho * wp
-    dyf = dy.ravel()
-    for q in range((m_out + nr - 1) // nr):
-        width = min(nr, m_out - q * nr)
-        for oh in range(ho):
-            for ow in range(wo):
-                d = uintp((q * k + oh * wp + ow) * nr)
-                s = uintp(((n * m_out + q * nr) * ho + oh) * wo + ow)
-                for j in range(width):
-                    bpack[d + uintp(j)] = dyf[s + uintp(j * ho * wo)]
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def _backward_windows(g, dy, x, w2packs, offs, dtabs, ph, pw, lead, lz, dx, dwt_parts,
                       bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc, tiles, rtiles):
@@ -406,8 +377,8 @@ def _backward_windows(g, dy, x, w2packs, offs, dtabs, ph, pw, lead, lz, dx, dwt_
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             pad_image(x, n, ph, pw, xpads[t])
-            _pack_dy_t(dy, n, wp, nra, dypacks[t])
-            _spread_dy(dy, n, wp, lead, lz, dzs[t])
+            pack_dy_t(dy, n, wp, nra, dypacks[t])
+            spread_dy(dy, n, wp, lead, lz, dzs[t])
             for tap in range(offs.shape[0]):
                 macro_kernel_rows_a(g, ho * wp, xpads[t], offs[tap], dypacks[t],
                                     dwt_parts[t, tap], c, m, n > bounds[t], mra, nra, kc,

@@ -1,0 +1,57 @@
+"""The padded-width "windows" that im2col's stride-1 path and kn2row-aa both compute on.
+
+At stride 1, a convolution's output can be computed over the *padded* width Wp instead of
+Wo: output "pixel" p = oh*Wp + ow. Then every row of the patch matrix (im2col) or every
+shifted input (kn2row-aa) is one contiguous window of the zero-padded image, which the GEMM's
+micro-kernel reads in place, and the KW-1 extra columns of each output row are computed and
+dropped (kernels/im2col_fused.py proves that no kept result reads a wrong element). The
+steps around those GEMMs are the same for both algorithms, and live here:
+
+    crop        y[n] = the Wo kept columns of each Wp-wide output row
+    spread_dy   dy[n] laid out on Wp-wide rows with zero margins (the dX GEMM's operand)
+    pack_dy_t   dy[n]^T on the padded width, packed as the dW GEMM's B operand
+"""
+from ._numba import njit, uintp
+
+
+@njit(cache=True, nogil=True)
+def crop(src, ld, first, rows, width, dst, n):
+    """dst[n] (rows x width, flat) = src's rows of ld numbers, from column `first` on."""
+    sf = src.ravel()
+    df = dst.ravel()
+    base = uintp(n * rows * width)
+    for r in range(rows):
+        s = uintp(r * ld + first)
+        d = base + uintp(r * width)
+        for j in range(width):
+            df[d + uintp(j)] = sf[s + uintp(j)]
+
+
+@njit(cache=True, nogil=True)
+def spread_dy(dy, n, wp, lead, lz, dz):
+    """dz[m*lz + lead + oh*Wp + ow] = dy[n, m, oh, ow]; the rest of dz stays zero."""
+    _, m_out, ho, wo = dy.shape
+    dyf = dy.ravel()
+    for m in range(m_out):
+        for oh in range(ho):
+            s = uintp(((n * m_out + m) * ho + oh) * wo)
+            d = uintp(m * lz + lead + oh * wp)
+            for ow in range(wo):
+                dz[d + uintp(ow)] = dyf[s + uintp(ow)]
+
+
+@njit(cache=True, nogil=True)
+def pack_dy_t(dy, n, wp, nr, bpack):
+    """B = dY_ext^T (Ho*Wp x M) as the GEMM packs it: bpack[q, oh*Wp + ow, j] = dy[n, q*NR + j,
+    oh, ow]. Extra columns (ow >= Wo) and rows past M are left as they are: zero."""
+    _, m_out, ho, wo = dy.shape
+    k = ho * wp
+    dyf = dy.ravel()
+    for q in range((m_out + nr - 1) // nr):
+        width = min(nr, m_out - q * nr)
+        for oh in range(ho):
+            for ow in range(wo):
+                d = uintp((q * k + oh * wp + ow) * nr)
+                s = uintp(((n * m_out + q * nr) * ho + oh) * wo + ow)
+                for j in range(width):
+                    bpack[d + uintp(j)] = dyf[s + uintp(j * ho * wo)]
