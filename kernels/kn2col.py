@@ -149,38 +149,67 @@ def _small_gemm_t_nb(x3, wc, p):
                 pf[dst + uintp(r)] += xv * wf[uintp(cc * cols + r)]
 
 
+@njit(cache=True, nogil=True)
+def _shift_add_row(pf, pbase, yf, n, oh, acc, m, ho, wo, h, wd, kh, kw, sh, sw, ph, pw):
+    """Output row oh of every channel of y[n] from one image's P (flat at pf[pbase:],
+    H*W x KH*KW*M): summed in `acc`, a channels-last row buffer (Wo*M), then written out
+    channel-major."""
+    kkm = kh * kw * m
+    for e in range(wo * m):
+        acc[e] = 0.0
+    for i in range(kh):
+        ih = oh * sh - ph + i
+        if ih < 0 or ih >= h:
+            continue
+        for j in range(kw):
+            lo, hi = valid_range(j, pw, sw, wd, wo)
+            for ow in range(lo, hi):
+                src = pbase + uintp((ih * wd + ow * sw + j - pw) * kkm + (i * kw + j) * m)
+                dst = uintp(ow * m)
+                for mm in range(m):                     # contiguous M-vector
+                    acc[dst + uintp(mm)] += pf[src + uintp(mm)]
+    for mm in range(m):                                 # back to channel-major
+        base = uintp(((n * m + mm) * ho + oh) * wo)
+        for ow in range(wo):
+            yf[base + uintp(ow)] = acc[uintp(ow * m + mm)]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _shift_add_nb(p, y, h, wd, kh, kw, sh, sw, ph, pw):
     """y[b, :, oh, :] = sum over taps of the clipped, strided M-vectors of P[b]; one row each.
 
     p: (bs, H*W, KH*KW*M) flat per image; y: (bs, M, Ho, Wo). Each iteration owns one output
-    row (b, oh) of every channel; it sums in a channels-last row buffer, then writes it out
-    channel-major.
+    row (b, oh) of every channel.
     """
     bs, m, ho, wo = y.shape
-    kkm = kh * kw * m
+    hw_kkm = h * wd * kh * kw * m
     pf = p.ravel()
     yf = y.ravel()
     for job in prange(bs * ho):
         b = job // ho
-        oh = job % ho
-        acc = np.zeros(wo * m, dtype=y.dtype)               # this row, channels-last
-        for i in range(kh):
-            ih = oh * sh - ph + i
-            if ih < 0 or ih >= h:
-                continue
-            for j in range(kw):
-                lo, hi = valid_range(j, pw, sw, wd, wo)
-                for ow in range(lo, hi):
-                    iw = ow * sw + j - pw
-                    src = uintp((b * h * wd + ih * wd + iw) * kkm + (i * kw + j) * m)
-                    dst = uintp(ow * m)
-                    for mm in range(m):                     # contiguous M-vector
-                        acc[dst + uintp(mm)] += pf[src + uintp(mm)]
-        for mm in range(m):                                 # back to channel-major
-            base = uintp(((b * m + mm) * ho + oh) * wo)
-            for ow in range(wo):
-                yf[base + uintp(ow)] = acc[uintp(ow * m + mm)]
+        acc = np.zeros(wo * m, dtype=y.dtype)
+        _shift_add_row(pf, uintp(b * hw_kkm), yf, b, job % ho, acc, m, ho, wo, h, wd, kh, kw,
+                       sh, sw, ph, pw)
+
+
+@njit(cache=True, nogil=True)
+def _gather_row(dyf, n, dpf, row, ih, m, ho, wo, h, wd, kh, kw, sh, sw, ph, pw):
+    """Input row ih of dP (flat at dpf[row:], W x KH*KW*M) = S^T(dy[n]) there, written whole
+    (zeros where no output reads)."""
+    kkm = kh * kw * m
+    for e in range(wd * kkm):
+        dpf[row + uintp(e)] = 0.0
+    for i in range(kh):
+        a = ih + ph - i                          # = oh*sh when output row oh reads ih
+        if a < 0 or a % sh != 0 or a // sh >= ho:
+            continue
+        oh = a // sh
+        for j in range(kw):
+            lo, hi = valid_range(j, pw, sw, wd, wo)
+            for ow in range(lo, hi):
+                dst = row + uintp((ow * sw + j - pw) * kkm + (i * kw + j) * m)
+                for mm in range(m):
+                    dpf[dst + uintp(mm)] = dyf[uintp(((n * m + mm) * ho + oh) * wo + ow)]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -191,23 +220,8 @@ def _gather_nb(dy, dp, h, wd, kh, kw, sh, sw, ph, pw):
     dpf = dp.ravel()
     dyf = dy.ravel()
     for job in prange(bs * h):
-        b = job // h
-        ih = job % h
-        row = uintp(job * wd * kkm)
-        for e in range(wd * kkm):
-            dpf[row + uintp(e)] = 0.0
-        for i in range(kh):
-            a = ih + ph - i                          # = oh*sh when output row oh reads ih
-            if a < 0 or a % sh != 0 or a // sh >= ho:
-                continue
-            oh = a // sh
-            for j in range(kw):
-                lo, hi = valid_range(j, pw, sw, wd, wo)
-                for ow in range(lo, hi):
-                    iw = ow * sw + j - pw
-                    dst = row + uintp(iw * kkm + (i * kw + j) * m)
-                    for mm in range(m):
-                        dpf[dst + uintp(mm)] = dyf[uintp(((b * m + mm) * ho + oh) * wo + ow)]
+        _gather_row(dyf, job // h, dpf, uintp(job * wd * kkm), job % h, m, ho, wo, h, wd,
+                    kh, kw, sh, sw, ph, pw)
 
 
 def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
@@ -289,52 +303,24 @@ def backward_numba(dy, x, w, stride, padding):
 
 @njit(cache=True, nogil=True)
 def _shift_add_image(p, y, n, acc, h, wd, kh, kw, sh, sw, ph, pw):
-    """y[n] from one image's P (H*W, KH*KW*M): _shift_add_nb's loop for image n."""
+    """y[n] from one image's P (H*W, KH*KW*M): _shift_add_nb's rows for image n."""
     _, m, ho, wo = y.shape
-    kkm = kh * kw * m
     pf = p.ravel()
     yf = y.ravel()
     for oh in range(ho):
-        for e in range(wo * m):
-            acc[e] = 0.0
-        for i in range(kh):
-            ih = oh * sh - ph + i
-            if ih < 0 or ih >= h:
-                continue
-            for j in range(kw):
-                lo, hi = valid_range(j, pw, sw, wd, wo)
-                for ow in range(lo, hi):
-                    src = uintp((ih * wd + ow * sw + j - pw) * kkm + (i * kw + j) * m)
-                    dst = uintp(ow * m)
-                    for mm in range(m):
-                        acc[dst + uintp(mm)] += pf[src + uintp(mm)]
-        for mm in range(m):
-            base = uintp(((n * m + mm) * ho + oh) * wo)
-            for ow in range(wo):
-                yf[base + uintp(ow)] = acc[uintp(ow * m + mm)]
+        _shift_add_row(pf, uintp(0), yf, n, oh, acc, m, ho, wo, h, wd, kh, kw, sh, sw, ph, pw)
 
 
 @njit(cache=True, nogil=True)
 def _gather_image(dy, n, dp, h, wd, kh, kw, sh, sw, ph, pw):
-    """dP (H*W, KH*KW*M) = S^T(dy[n]): _gather_nb's loop for image n."""
+    """dP (H*W, KH*KW*M) = S^T(dy[n]): _gather_nb's rows for image n."""
     _, m, ho, wo = dy.shape
     kkm = kh * kw * m
     dpf = dp.ravel()
     dyf = dy.ravel()
-    for e in range(h * wd * kkm):
-        dpf[e] = 0.0
     for ih in range(h):
-        for i in range(kh):
-            a = ih + ph - i
-            if a < 0 or a % sh != 0 or a // sh >= ho:
-                continue
-            oh = a // sh
-            for j in range(kw):
-                lo, hi = valid_range(j, pw, sw, wd, wo)
-                for ow in range(lo, hi):
-                    dst = uintp((ih * wd + ow * sw + j - pw) * kkm + (i * kw + j) * m)
-                    for mm in range(m):
-                        dpf[dst + uintp(mm)] = dyf[uintp(((n * m + mm) * ho + oh) * wo + ow)]
+        _gather_row(dyf, n, dpf, uintp(ih * wd * kkm), ih, m, ho, wo, h, wd, kh, kw, sh, sw,
+                    ph, pw)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -194,79 +194,91 @@ def _small_gemm_nb(wk, x3, p):
                 pf[dst + uintp(q)] += wc * xf[s + uintp(q)]
 
 
+@njit(cache=True, nogil=True)
+def _shift_add_plane(pf, pbase, yf, ybase, mm, m, ho, wo, h, wd, kh, kw, sh, sw, ph, pw):
+    """One output plane y[n, mm] (flat at yf[ybase:]) = sum over taps of the clipped, strided
+    shift of P_ij[mm], one image's partial maps flat at pf[pbase:] (KH*KW*M, H*W). Row by
+    row: the row stays in L1 while the K*K taps add into it."""
+    hw = h * wd
+    for oh in range(ho):
+        row = ybase + uintp(oh * wo)
+        for ow in range(wo):
+            yf[row + uintp(ow)] = 0.0
+        for i in range(kh):
+            ih = oh * sh + i - ph
+            if ih < 0 or ih >= h:
+                continue
+            for j in range(kw):
+                lo, hi = valid_range(j, pw, sw, wd, wo)
+                # P_ij[mm, ih, lo*sw + j - pw], the first input this row reads
+                src = pbase + uintp(((i * kw + j) * m + mm) * hw + ih * wd + lo * sw + j - pw)
+                dst = row + uintp(lo)
+                if sw == 1:  # unit stride: a contiguous, vectorisable row add
+                    for t in range(hi - lo):
+                        yf[dst + uintp(t)] += pf[src + uintp(t)]
+                else:
+                    for t in range(hi - lo):
+                        yf[dst + uintp(t)] += pf[src + uintp(t * sw)]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _shift_add_nb(p, y, kh, kw, sh, sw, ph, pw, h, wd):
     """y[b, m] = sum_ij clipped, strided shift of P_ij[b, m]; one (b, m) plane per iteration.
 
     p: (bs, KH*KW*M, H*W), y: (bs, M, Ho, Wo), both C-contiguous. Each iteration writes only
-    its own output plane, row by row (the row stays in L1 while the K*K taps add into it).
+    its own output plane.
     """
     bs, m, ho, wo = y.shape
-    hw = h * wd
-    kkm = kh * kw * m
+    kkm_hw = kh * kw * m * h * wd
     pf = p.ravel()
     yf = y.ravel()
     for job in prange(bs * m):
-        b = job // m
-        mm = job % m
-        for oh in range(ho):
-            row = uintp((job * ho + oh) * wo)
-            for ow in range(wo):
-                yf[row + uintp(ow)] = 0.0
-            for i in range(kh):
-                ih = oh * sh + i - ph
-                if ih < 0 or ih >= h:
-                    continue
-                for j in range(kw):
-                    lo, hi = valid_range(j, pw, sw, wd, wo)
-                    # P_ij[b, m, ih, lo*sw + j - pw], the first input this row reads
-                    src = uintp((b * kkm + (i * kw + j) * m + mm) * hw + ih * wd
-                                + lo * sw + j - pw)
-                    dst = row + uintp(lo)
-                    if sw == 1:  # unit stride: a contiguous, vectorisable row add
-                        for t in range(hi - lo):
-                            yf[dst + uintp(t)] += pf[src + uintp(t)]
-                    else:
-                        for t in range(hi - lo):
-                            yf[dst + uintp(t)] += pf[src + uintp(t * sw)]
+        _shift_add_plane(pf, uintp((job // m) * kkm_hw), yf, uintp(job * ho * wo), job % m,
+                         m, ho, wo, h, wd, kh, kw, sh, sw, ph, pw)
+
+
+@njit(cache=True, nogil=True)
+def _gather_map(dyf, dybase, dpf, dst0, r, m, ho, wo, h, wd, kh, kw, sh, sw, ph, pw):
+    """One partial-map gradient dP[r] (r = tap*M + m; flat at dpf[dst0:], H*W) from one
+    image's dy (flat at dyf[dybase:], M x Ho x Wo), written whole: zeros where no output
+    reads."""
+    tap = r // m
+    mm = r % m
+    i = tap // kw
+    j = tap % kw
+    lo, hi = valid_range(j, pw, sw, wd, wo)
+    for ih in range(h):
+        dst = dst0 + uintp(ih * wd)
+        for iw in range(wd):
+            dpf[dst + uintp(iw)] = 0.0
+        a = ih + ph - i  # = oh*sh when output row oh reads input row ih through tap i
+        if a < 0 or a % sh != 0 or a // sh >= ho:
+            continue
+        oh = a // sh
+        src = dybase + uintp((mm * ho + oh) * wo + lo)
+        d0 = dst + uintp(lo * sw + j - pw)
+        if sw == 1:
+            for t in range(hi - lo):
+                dpf[d0 + uintp(t)] = dyf[src + uintp(t)]
+        else:
+            for t in range(hi - lo):
+                dpf[d0 + uintp(t * sw)] = dyf[src + uintp(t)]
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _gather_nb(dy, dp, kh, kw, sh, sw, ph, pw, h, wd):
     """dP = S^T(dy) for a chunk: dp (bs, KH*KW*M, H*W) from dy (bs, M, Ho, Wo).
 
-    One (b, tap, m) map per iteration, written whole (zeros where no output reads), so no
-    two iterations write the same element.
+    One (b, tap, m) map per iteration, written whole, so no two iterations write the same
+    element.
     """
     bs, m, ho, wo = dy.shape
-    hw = h * wd
     kkm = kh * kw * m
     dpf = dp.ravel()
     dyf = dy.ravel()
     for job in prange(bs * kkm):
-        b = job // kkm
-        r = job % kkm
-        tap = r // m
-        mm = r % m
-        i = tap // kw
-        j = tap % kw
-        lo, hi = valid_range(j, pw, sw, wd, wo)
-        for ih in range(h):
-            dst = uintp(job * hw + ih * wd)
-            for iw in range(wd):
-                dpf[dst + uintp(iw)] = 0.0
-            a = ih + ph - i  # = oh*sh when output row oh reads input row ih through tap i
-            if a < 0 or a % sh != 0 or a // sh >= ho:
-                continue
-            oh = a // sh
-            src = uintp(((b * m + mm) * ho + oh) * wo + lo)
-            d0 = dst + uintp(lo * sw + j - pw)
-            if sw == 1:
-                for t in range(hi - lo):
-                    dpf[d0 + uintp(t)] = dyf[src + uintp(t)]
-            else:
-                for t in range(hi - lo):
-                    dpf[d0 + uintp(t * sw)] = dyf[src + uintp(t)]
+        _gather_map(dyf, uintp((job // kkm) * m * ho * wo), dpf, uintp(job * h * wd),
+                    job % kkm, m, ho, wo, h, wd, kh, kw, sh, sw, ph, pw)
 
 
 def _partials(wk, x3, out):
@@ -379,59 +391,22 @@ def pad_image(x, n, ph, pw, xpad):
 def _shift_add_image(p, y, n, kh, kw, sh, sw, ph, pw, h, wd):
     """y[n] = sum_ij clipped, strided shift of P_ij; p (KH*KW*M, H*W) is one image's maps."""
     _, m, ho, wo = y.shape
-    hw = h * wd
     pf = p.ravel()
     yf = y.ravel()
     for mm in range(m):
-        for oh in range(ho):
-            row = uintp(((n * m + mm) * ho + oh) * wo)
-            for ow in range(wo):
-                yf[row + uintp(ow)] = 0.0
-            for i in range(kh):
-                ih = oh * sh + i - ph
-                if ih < 0 or ih >= h:
-                    continue
-                for j in range(kw):
-                    lo, hi = valid_range(j, pw, sw, wd, wo)
-                    src = uintp(((i * kw + j) * m + mm) * hw + ih * wd + lo * sw + j - pw)
-                    dst = row + uintp(lo)
-                    if sw == 1:
-                        for t in range(hi - lo):
-                            yf[dst + uintp(t)] += pf[src + uintp(t)]
-                    else:
-                        for t in range(hi - lo):
-                            yf[dst + uintp(t)] += pf[src + uintp(t * sw)]
+        _shift_add_plane(pf, uintp(0), yf, uintp((n * m + mm) * ho * wo), mm, m, ho, wo, h,
+                         wd, kh, kw, sh, sw, ph, pw)
 
 
 @njit(cache=True, nogil=True)
 def _gather_image(dy, n, dp, kh, kw, sh, sw, ph, pw, h, wd):
     """dP (KH*KW*M, H*W) = S^T(dy[n]), zero where no output reads."""
     _, m, ho, wo = dy.shape
-    hw = h * wd
     dpf = dp.ravel()
     dyf = dy.ravel()
     for r in range(kh * kw * m):
-        tap = r // m
-        mm = r % m
-        i = tap // kw
-        j = tap % kw
-        lo, hi = valid_range(j, pw, sw, wd, wo)
-        for ih in range(h):
-            dst = uintp(r * hw + ih * wd)
-            for iw in range(wd):
-                dpf[dst + uintp(iw)] = 0.0
-            a = ih + ph - i
-            if a < 0 or a % sh != 0 or a // sh >= ho:
-                continue
-            oh = a // sh
-            src = uintp(((n * m + mm) * ho + oh) * wo + lo)
-            d0 = dst + uintp(lo * sw + j - pw)
-            if sw == 1:
-                for t in range(hi - lo):
-                    dpf[d0 + uintp(t)] = dyf[src + uintp(t)]
-            else:
-                for t in range(hi - lo):
-                    dpf[d0 + uintp(t * sw)] = dyf[src + uintp(t)]
+        _gather_map(dyf, uintp(n * m * ho * wo), dpf, uintp(r * h * wd), r, m, ho, wo, h, wd,
+                    kh, kw, sh, sw, ph, pw)
 
 
 @njit(parallel=True, cache=True, nogil=True)
