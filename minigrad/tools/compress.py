@@ -635,7 +635,10 @@ def save_compressed(path, model, meta=None):
 
 
 def _rank_arg(text):
-    parts = [int(p) for p in str(text).split(",")]
+    try:
+        parts = [int(p) for p in str(text).split(",")]
+    except ValueError:
+        parts = []
     if len(parts) not in (1, 2) or min(parts) < 1:
         raise ValueError(f"--rank takes R or R_OUT,R_IN (positive ints), got {text!r}")
     return parts[0] if len(parts) == 1 else tuple(parts)
@@ -660,10 +663,16 @@ def format_report(report, before=None, after=None):
 
 
 def cmd_compress(args):
-    from ..checkpoint import read_checkpoint
+    from ..checkpoint import CheckpointError, check_writable, read_checkpoint
     from ..tasks import build_task
     from ..train import evaluate
 
+    try:  # before any work: a typo in --rank or --out must not cost a compression
+        rank = _rank_arg(args.rank) if args.rank is not None else None
+        check_writable(args.out)
+    except (ValueError, CheckpointError) as e:
+        print(f"minigrad compress: {e}; see `minigrad compress --help`", file=sys.stderr)
+        return 2
     state, _, meta = read_checkpoint(args.checkpoint)
     task_name = args.task or meta.get("task")
     if not task_name:
@@ -671,7 +680,6 @@ def cmd_compress(args):
               file=sys.stderr)
         return 2
     try:
-        rank = _rank_arg(args.rank) if args.rank is not None else None
         task = build_task(task_name, seed=int(meta.get("seed", 0)), model=meta.get("model"),
                           conv=meta.get("conv") if task_name == "mnist" else None)
         model = task.model

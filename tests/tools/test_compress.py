@@ -359,3 +359,20 @@ def test_resume_a_compressed_checkpoint_with_fit(tmp_path):
                                               "optimizer": "adam"}, log=lambda s: None)
     assert len(summary["history"]) == 1  # epoch 2 of 2
     assert not np.array_equal(model.conv2.core.weight.data, small.conv2.core.weight.data)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--rank", "abc"], "--rank takes R or R_OUT,R_IN"),
+    (["--ratio", "4", "--out", "{tmp}/a_file/x.npz"], "is a file, not a directory"),
+])
+def test_compress_refuses_bad_arguments_before_any_work(argv, message, tmp_path, capsys):
+    from minigrad import cli
+
+    (tmp_path / "a_file").write_text("")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out.npz")]
+    # the checkpoint does not even exist: the arguments are refused first
+    assert cli.main(["compress", str(tmp_path / "missing.npz"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minigrad compress: ") and message in err[0]
