@@ -395,23 +395,27 @@ def _check_pool(op, x_shape, kernel_size, stride, backend):
 
 
 def maxpool2d_forward(x: Array, kernel_size: Pair, stride: Pair | None = None,
-                      backend: str = "numba") -> tuple[Array, Array]:
+                      backend: str = "numba", relu: bool = False) -> tuple[Array, Array]:
     """Max over each KHxKW window (no padding); returns y (N, C, Ho, Wo) and argmax.
 
     argmax[n, c, oh, ow] is the flat index h*W + w, inside the (n, c) input plane, of the
     first maximum of the window (int64); maxpool2d_backward routes dy there.
+    relu=True fuses a ReLU: y = max(0, window max), and argmax is -1 where that is 0 (no
+    gradient flows there), as pool-then-ReLU or ReLU-then-pool would compute.
     """
     op = "maxpool2d_forward"
     _check_4d(op, "x", x, "(N, C, H, W)")
     _check_float(op, "x", x)
     kernel, stride = _check_pool(op, _shape(x), kernel_size, stride, backend)
     x = _contiguous(x, backend)
-    return _call(op, "maxpool", _module("pool", backend), "forward", backend, x, kernel, stride)
+    return _call(op, "maxpool", _module("pool", backend), "forward", backend, x, kernel, stride,
+                 bool(relu))
 
 
 def maxpool2d_backward(dy: Array, argmax: Array, x_shape: Shape, kernel_size: Pair,
                        stride: Pair | None = None, backend: str = "numba") -> Array:
-    """dx (x_shape, dy's dtype): each dy[n, c, oh, ow] added at argmax in plane (n, c)."""
+    """dx (x_shape, dy's dtype): each dy[n, c, oh, ow] added at argmax in plane (n, c); an
+    argmax of -1 (a window a fused ReLU clipped) routes nothing."""
     op = "maxpool2d_backward"
     x_shape = tuple(int(s) for s in x_shape)
     if len(x_shape) != 4:

@@ -156,17 +156,21 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntPai
 
 
 def max_pool2d(x: Tensor, kernel_size: IntPair, stride: IntPair | None = None,
-               backend: str | None = None) -> Tensor:
-    """Max pooling over NCHW windows; the gradient goes to each window's arg-max."""
+               backend: str | None = None, relu: bool = False) -> Tensor:
+    """Max pooling over NCHW windows; the gradient goes to each window's arg-max.
+
+    relu=True is max_pool2d(x).relu() (equally x.relu() pooled) in one fused pass: one
+    kernel instead of two, and no ReLU mask to keep for backward (kernels/pool.py)."""
     backend = "cupy" if get_array_module(x.data) is not np else (backend or config.conv_backend)
-    y, argmax = kernels.maxpool2d_forward(x.data, kernel_size, stride, backend=backend)
+    y, argmax = kernels.maxpool2d_forward(x.data, kernel_size, stride, backend=backend,
+                                          relu=relu)
     shape = x.shape
 
     def backward(g):
         return (kernels.maxpool2d_backward(g, argmax, shape, kernel_size, stride,
                                            backend=backend),)
 
-    return Tensor._make(y, (x,), backward, "max_pool2d")
+    return Tensor._make(y, (x,), backward, "max_pool2d_relu" if relu else "max_pool2d")
 
 
 def _pair(v, op, name):

@@ -24,7 +24,7 @@ class MnistCNN(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 3, padding=1, algo=algo)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1, algo=algo)
-        self.pool = nn.MaxPool2d(2)
+        self.pool = nn.MaxPool2d(2, relu=True)  # max-pool, then ReLU, in one kernel
         self.fc1 = nn.Linear(64 * 7 * 7, 128)
         self.fc2 = nn.Linear(128, 64)
         self.fc3 = nn.Linear(64, 10)
@@ -32,10 +32,10 @@ class MnistCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # The seed's order is conv, ReLU, max-pool. ReLU is monotone, so it commutes with a
         # max: relu(maxpool(z)) == maxpool(relu(z)), values and gradients alike (the window's
-        # maximum is positive exactly when some element is). Pooling first gives ReLU a
-        # quarter of the elements to touch, forward and backward.
-        x = self.pool(self.conv1(x)).relu()
-        x = self.pool(self.conv2(x)).relu()
+        # maximum is positive exactly when some element is). So the ReLU is fused into the
+        # pool (self.pool has relu=True): one pass over the conv's output, no ReLU of its own.
+        x = self.pool(self.conv1(x))
+        x = self.pool(self.conv2(x))
         x = x.flatten(1)
         x = self.fc1(x).relu()
         x = self.fc2(x).relu()

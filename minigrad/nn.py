@@ -204,15 +204,20 @@ class Conv2d(Module):
 
 
 class MaxPool2d(Module):
-    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None):
+    """Max pooling. relu=True: the pool followed by a ReLU, fused into one kernel (the
+    pair is common, and ReLU commutes with max: F.max_pool2d)."""
+
+    def __init__(self, kernel_size: IntPair, stride: IntPair | None = None,
+                 relu: bool = False):
         super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride
+        self.kernel_size, self.stride, self.relu = kernel_size, stride, relu
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(x, self.kernel_size, self.stride)
+        return F.max_pool2d(x, self.kernel_size, self.stride, relu=self.relu)
 
     def __repr__(self) -> str:
-        return f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride})"
+        relu = ", relu=True" if self.relu else ""
+        return f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}{relu})"
 
 
 class AvgPool2d(Module):

@@ -127,6 +127,17 @@ def torch_pool(x, dy, kernel, stride=None):
     return y.detach().numpy(), arg.numpy(), xt.grad.numpy()
 
 
+def torch_pool_relu(x, dy, kernel, stride=None):
+    """y and dx of relu(max_pool2d(x)) from PyTorch autograd, float64, on the CPU: the
+    oracle for the fused pool + ReLU (kernels.maxpool2d_forward(..., relu=True))."""
+    torch = _torch()
+    xt = _t(torch, x, True)
+    stride = kernel if stride is None else stride
+    y = torch.relu(torch.nn.functional.max_pool2d(xt, pair(kernel), pair(stride)))
+    y.backward(_t(torch, dy))
+    return y.detach().numpy(), xt.grad.numpy()
+
+
 # ------------------------------------------------------------------------- case grids
 
 

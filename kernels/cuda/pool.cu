@@ -5,6 +5,8 @@
 //   argmax[n, c, oh, ow] = ih*W + iw of that max inside the (H, W) plane (int64). Ties go to
 //                          the first element in row-major window order; a NaN wins (and the
 //                          first NaN stays), as in PyTorch.
+//   relu != 0 fuses a ReLU: y = max(0, that max), and argmax = -1 where it is <= 0 (no
+//   gradient; the backward gather never matches -1). A NaN max stays NaN.
 //
 // Thread-to-data mapping (1-D grid-stride loops, see launch.py):
 //   maxpool_forward  : one thread per y element i = ((n*C + c)*Ho + oh)*Wo + ow, scanning
@@ -30,7 +32,8 @@
 template <typename T, typename I>
 __device__ void maxpool_forward(const T* __restrict__ x, T* __restrict__ y,
                                 long long* __restrict__ argmax,
-                                I N, I C, I H, I W, I KH, I KW, I sh, I sw, I Ho, I Wo) {
+                                I N, I C, I H, I W, I KH, I KW, I sh, I sw, I Ho, I Wo,
+                                long long relu) {
   const I total = N * C * Ho * Wo;
   GRID_STRIDE_LOOP(i, total) {
     const I ow = i % Wo, oh = (i / Wo) % Ho, plane = i / (Wo * Ho);
@@ -47,8 +50,13 @@ __device__ void maxpool_forward(const T* __restrict__ x, T* __restrict__ y,
         }
       }
     }
+    long long at = (long long)best_at;
+    if (relu && best <= T(0)) {  // false for NaN, which stays
+      best = T(0);
+      at = -1;
+    }
     y[i] = best;
-    argmax[i] = (long long)best_at;
+    argmax[i] = at;
   }
 }
 
@@ -79,8 +87,8 @@ __device__ void maxpool_backward(const T* __restrict__ dy, const long long* __re
 #define INSTANTIATE(SUFFIX, T, I)                                                     \
   extern "C" __global__ void maxpool_forward_##SUFFIX(                                \
       const T* __restrict__ x, T* __restrict__ y, long long* __restrict__ argmax,     \
-      POOL_PARAMS) {                                                                  \
-    maxpool_forward<T, I>(x, y, argmax, POOL_ARGS);                                   \
+      POOL_PARAMS, long long relu) {                                                  \
+    maxpool_forward<T, I>(x, y, argmax, POOL_ARGS, relu);                             \
   }                                                                                   \
   extern "C" __global__ void maxpool_backward_##SUFFIX(                               \
       const T* __restrict__ dy, const long long* __restrict__ argmax,                 \

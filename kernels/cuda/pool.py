@@ -7,6 +7,8 @@
                                                  [kernel maxpool_backward: a gather]
 
 Ties go to the first element of the window in row-major order; NaN propagates.
+relu=True fuses a ReLU (kernels/pool.py's header): y = max(0, window max), argmax -1 where
+that is <= 0.
 """
 import numpy as np
 
@@ -24,14 +26,15 @@ def _geometry(x_shape, kernel, stride):
     return (n, c, h, w, kh, kw, sh, sw, ho, wo)
 
 
-def forward(x, kernel, stride):
+def forward(x, kernel, stride, relu=False):
     cp = rt.get_cupy()
     g = _geometry(x.shape, kernel, stride)
     n, c, h, w, kh, kw, sh, sw, ho, wo = g
     x = cp.ascontiguousarray(x)
     y = cp.empty((n, c, ho, wo), dtype=x.dtype)
     argmax = cp.empty((n, c, ho, wo), dtype=np.int64)
-    rt.launch("pool", "maxpool_forward", x.dtype, y.size, (x.size, y.size), (x, y, argmax) + g)
+    rt.launch("pool", "maxpool_forward", x.dtype, y.size, (x.size, y.size),
+              (x, y, argmax) + g + (int(bool(relu)),))
     return y, argmax
 
 

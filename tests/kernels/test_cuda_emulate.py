@@ -188,7 +188,7 @@ def ref_maxpool_backward(dy, arg, x_shape):
     n, c, h, w = x_shape
     dx = np.zeros((n * c, h * w), dy.dtype)
     for p, (a, g) in enumerate(zip(arg.reshape(n * c, -1), dy.reshape(n * c, -1), strict=True)):
-        np.add.at(dx[p], a, g)
+        np.add.at(dx[p], a[a >= 0], g[a >= 0])  # -1: clipped by a fused ReLU
     return dx.reshape(x_shape)
 
 
@@ -338,16 +338,21 @@ def test_direct_kernels(fake, case, dtype, config):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pcase", POOL_CASES, ids=POOL_IDS)
 @pytest.mark.parametrize("ties", [False, True])
-def test_maxpool_kernels(fake, pcase, dtype, config, ties):
+@pytest.mark.parametrize("relu", [False, True], ids=["pool", "pool+relu"])
+def test_maxpool_kernels(fake, pcase, dtype, config, ties, relu):
     kernel, stride = pcase.kernel_pair, pcase.stride_pair
     x, dy = pcase.data(dtype, seed=5)
     if ties:                                    # many equal maxima: first one must win
         x = np.round(x)
     y_ref, arg_ref = ref_maxpool(x, kernel, stride)
+    if relu:  # fused ReLU: 0, and argmax -1 (no gradient), where the max is <= 0
+        arg_ref = np.where(y_ref <= 0, -1, arg_ref)
+        y_ref = np.where(y_ref <= 0, 0, y_ref).astype(dtype)
     g = x.shape + kernel + stride + y_ref.shape[2:]
     y = fake.empty(y_ref.shape, dtype)
     arg = fake.empty(y_ref.shape, np.int64)
-    run(fake, "pool", "maxpool_forward", dtype, y.size, (fake.asarray(x), y, arg) + g, config)
+    run(fake, "pool", "maxpool_forward", dtype, y.size,
+        (fake.asarray(x), y, arg) + g + (int(relu),), config)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(arg, arg_ref)
 
