@@ -118,9 +118,18 @@ EVIDENCE = {
     "e": ("tests/distributed/test_checkpoint_resume.py::"
           "test_async_checkpoints_each_epoch_and_resumes_within_noise",
           "async: the server checkpoints each epoch; resume lands within noise"),
+    "f": ("tests/distributed/test_split_checkpoint.py::"
+          "test_a_failed_worker_stops_the_run_and_resume_loses_nothing",
+          "threads: a failed worker stops the run; resuming from the epoch checkpoint ends "
+          "bit-identical to an uninterrupted run, also re-split over another number of "
+          "workers (model parallel, tensor slicing)"),
+    "g": ("tests/distributed/test_split_checkpoint.py::"
+          "test_mpi_a_killed_rank_ends_the_job_and_resume_matches_a_run_through",
+          "MPI: a SIGKILLed rank ends the job, mpiexec names its pid; resume matches a run "
+          "straight through (model parallel)"),
 }
 EVIDENCE_OF = {"sync": "ab", "dgc": "ab", "hogwild": "c", "async": "de",
-               "model-parallel": "", "tensor-slicing": ""}
+               "model-parallel": "fg", "tensor-slicing": "f"}
 
 
 @dataclass
@@ -198,20 +207,20 @@ def train(strategy, model, data, cfg, workers, *, epochs=None, eval_limit="cfg",
               lr=cfg.lr, optimizer="sgd", momentum=cfg.momentum, seed=cfg.seed,
               transform=transform or eval_transform, eval_transform=eval_transform,
               eval_limit=cfg.eval_limit if eval_limit == "cfg" else eval_limit)
+    extra = {"faults": faults} if faults is not None else {}
     if strategy in ("sync", "hogwild", "async", "dgc"):
-        extra = {"faults": faults} if faults is not None else {}
         if strategy == "async":  # the server's report holds what it sent back to workers
             extra.update(server_momentum=ASYNC_SERVER_MOMENTUM, details=True)
         return launch.train_distributed(strategy, model, (X, y), test, **kw, **extra), \
             "train_distributed"
     if strategy in launch.STRATEGIES and transform is None:
-        return launch.train_distributed(strategy, model, (X, y), test, **kw), \
+        return launch.train_distributed(strategy, model, (X, y), test, **kw, **extra), \
             "train_distributed"
     from minigrad.distributed.model_parallel import train_model_parallel
     from minigrad.distributed.tensor_slicing import train_tensor_slicing
 
     fn = {"model-parallel": train_model_parallel, "tensor-slicing": train_tensor_slicing}
-    return fn[strategy](model, (X, y), test, **kw), fn[strategy].__name__
+    return fn[strategy](model, (X, y), test, **kw, **extra), fn[strategy].__name__
 
 
 def moved_per_step_per_worker(strategy, s):
@@ -280,12 +289,19 @@ def traced_peak(fn):
     return peak, result
 
 
-def memory_probe(strategy, cfg, data, workers, model):
-    """Peak traced bytes per state-holding thread over a short run of `strategy`."""
+def probe_run(strategy, cfg, data, workers, model):
+    """(tracemalloc's peak, the run's summary) of a short run of `strategy` on a copy of
+    `model`: one epoch of the first cfg.probe_steps global batches, scored on one batch."""
     small = probe_data(cfg, data, workers)
     m = copy.deepcopy(model)
     peak, (s, _) = traced_peak(lambda: train(strategy, m, small, cfg, workers, epochs=1,
                                              eval_limit=None))
+    return peak, s
+
+
+def memory_probe(strategy, cfg, data, workers, model):
+    """Peak traced bytes per state-holding thread over a short run of `strategy`."""
+    peak, s = probe_run(strategy, cfg, data, workers, model)
     ranks = int(s.get("ranks") or workers)
     return {"peak_bytes_total": int(peak), "ranks": ranks,
             "peak_bytes_per_worker": peak / ranks,
@@ -293,25 +309,6 @@ def memory_probe(strategy, cfg, data, workers, model):
 
 
 # ------------------------------------------------------------------------------ faults
-class _DiesOnRank:
-    """A batch transform that raises in thread "rank-R" at that rank's `step`-th batch:
-    the way to kill one worker of a strategy that takes no `faults` (model parallel, tensor
-    slicing). launch_threads names its threads rank-0, rank-1, ..."""
-
-    def __init__(self, transform, rank, step):
-        self.transform, self.name, self.step = transform, f"rank-{rank}", step
-        self.calls = 0
-
-    def __call__(self, batch):
-        if threading.current_thread().name == self.name:
-            self.calls += 1
-            if self.calls > self.step:
-                from minigrad.distributed.common import WorkerFailure
-
-                raise WorkerFailure(f"{self.name}: injected failure at step {self.step}")
-        return self.transform(batch) if self.transform is not None else batch
-
-
 def fault_probe(strategy, cfg, data, die_step=2):
     """Kill rank 1 (async: worker 1) at its step `die_step` of a 2-worker run on a few
     batches; what happened, measured. A run still going after cfg.fault_timeout hung."""
@@ -327,13 +324,8 @@ def fault_probe(strategy, cfg, data, die_step=2):
     def go():
         t0 = time.perf_counter()
         try:
-            if strategy in ("sync", "hogwild", "async", "dgc"):
-                s, _ = train(strategy, make_model(cfg), small, cfg, 2, epochs=1,
-                             eval_limit=None, faults=Faults(die={1: die_step}))
-            else:
-                dying = _DiesOnRank(small[2], 1, die_step)
-                s, _ = train(strategy, make_model(cfg), small, cfg, 2, epochs=1,
-                             eval_limit=None, transform=dying)
+            s, _ = train(strategy, make_model(cfg), small, cfg, 2, epochs=1,
+                         eval_limit=None, faults=Faults(die={1: die_step}))
             box["summary"] = s
         except Exception as e:  # the outcome being measured
             box["error"] = e

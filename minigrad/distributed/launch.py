@@ -39,14 +39,16 @@ Byte counts in the summary (totals over ranks; see comm.py for the two counters)
     ..._overall                      the same over all steps (DGC's warm-up included)
 
 Failures.
-* threads, sync / DGC / Hogwild: a rank that raises breaks the barrier, every rank stops,
-  and `DistributedRunFailed` names the rank, the epoch, and the checkpoint to resume from.
+* threads, sync / DGC / Hogwild / model-parallel / tensor-slicing: a rank that raises
+  breaks the barrier, every rank stops, and `DistributedRunFailed` names the rank, the
+  epoch, and the checkpoint to resume from.
   The shard is not reassigned: every step needs every rank. The replicas' state since the
   checkpoint is discarded, so a resumed run loses no update and applies none twice.
 * threads or MPI, async: a worker that raises tells the server (BYE FAILED) and the others
   carry on; its remaining slices are not reassigned (the server log says so).
-* MPI, sync / DGC: a rank that raises prints its error and calls MPI_Abort, so the job ends
-  at once instead of the other ranks waiting forever in a collective. A rank that is
+* MPI, sync / DGC / the split strategies: a rank that raises prints its error (the same
+  message) and calls MPI_Abort, so the job ends at once instead of the other ranks
+  waiting forever in a collective. A rank that is
   killed (SIGKILL, a lost host) is noticed by mpiexec, which ends the whole job within
   a second or two and names the process ("BAD TERMINATION ... PID 8259 RUNNING AT node2
   ... EXIT CODE: 9"); rank 0 prints at start which pid on which host is which rank
@@ -54,7 +56,6 @@ Failures.
   `mpiexec -print-all-exitcodes` adds every rank's exit code, in rank order per host.
   Either way, resume from the last checkpoint: at most the epoch in progress is lost.
 """
-import os
 import sys
 import time
 
@@ -74,13 +75,10 @@ from .common import (
     warm_up,
 )
 from .dgc import CLIP_NORM, WARMUP_EPOCHS
+from .failures import DistributedRunFailed, announce_ranks, failure_message, thread_failure
 
 STRATEGIES = ("sync", "hogwild", "async", "dgc", "model-parallel", "tensor-slicing")
 SPLIT_STRATEGIES = ("model-parallel", "tensor-slicing")  # every worker runs the whole batch
-
-
-class DistributedRunFailed(RuntimeError):
-    """A rank failed and the run stopped; the message says which, and how to resume."""
 
 
 _STATS_KEYS = ("bytes_sent", "dense_bytes", "bytes_moved", "dense_moved",
@@ -113,11 +111,9 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
                              "the test set, e.g. mnist_normalize")
         eval_transform = transform  # the test set is transformed like the training set
     if strategy in SPLIT_STRATEGIES:
-        if save or resume:
-            raise ValueError(f"--strategy {strategy} does not checkpoint yet: drop --save "
-                             "and --resume")
-        if faults.die or faults.kill or faults.stall or faults.lose_replies:
-            raise ValueError(f"--strategy {strategy} takes no --inject-* faults")
+        if faults.lose_replies:
+            raise ValueError(f"--strategy {strategy} has no parameter server whose replies "
+                             "could be lost: drop lose_replies")
         if strategy == "model-parallel":
             from .model_parallel import train_model_parallel as train_split_strategy
         else:
@@ -126,7 +122,7 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
             model, train_data, test_data, comm=comm, workers=workers, epochs=epochs,
             batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum, seed=seed,
             transform=transform, eval_transform=eval_transform, eval_limit=eval_limit,
-            log=log, cores=cores)
+            log=log, cores=cores, save=save, resume=resume, faults=faults, task=task)
     X_test, y_test = test_data
     if eval_limit:
         X_test, y_test = X_test[:eval_limit], y_test[:eval_limit]
@@ -278,20 +274,6 @@ def train_distributed(strategy, model, train_data, test_data, *, transform=None,
     return summary
 
 
-def _failure_message(strategy, rank, size, err, save, progress, how):
-    saved = progress["saved_epoch"]
-    if saved is not None:
-        resume = (f"the last checkpoint, {save}, holds epoch {saved}: resume with "
-                  f"--resume {save} (the epoch in progress is redone, so no update is lost "
-                  "or applied twice)")
-    elif save:
-        resume = f"no checkpoint was written yet ({save} is written after each epoch)"
-    else:
-        resume = "no checkpoint was being written (--save PATH writes one after each epoch)"
-    return (f"{strategy}: rank {rank} of {size} failed ({type(err).__name__}: {err}); "
-            f"{how}; {resume}")
-
-
 def _run_threads(strategy, workers, model, make_batches, rank_main, epochs, lr, log, faults,
                  resume, save, saver, restore, progress, X_test, y_test, eval_transform,
                  plan):
@@ -325,7 +307,7 @@ def _run_threads(strategy, workers, model, make_batches, rank_main, epochs, lr, 
         try:
             results = launch_threads(workers, budgeted(plan, body))
         except RuntimeError as e:
-            err = _thread_failure(strategy, e, workers, save, progress)
+            err = thread_failure(strategy, e, workers, save, progress)
             raise err from (None if err is e.__cause__ else e.__cause__)
         results[0]["test_accuracy"] = evaluate(model, X_test, y_test,
                                                transform=eval_transform)
@@ -346,28 +328,10 @@ def _run_threads(strategy, workers, model, make_batches, rank_main, epochs, lr, 
         results = launch_threads(workers,
                                  budgeted(plan, lambda c: rank_main(c, models[c.rank])))
     except RuntimeError as e:
-        err = _thread_failure(strategy, e, workers, save, progress)
+        err = thread_failure(strategy, e, workers, save, progress)
         raise err from (None if err is e.__cause__ else e.__cause__)
     _copy_params(models[0], model)
     return results, workers
-
-
-def _thread_failure(strategy, e, size, save, progress):
-    """The exception to raise for a failed thread rank: a checkpoint that cannot be used
-    is reported as itself (every rank raised it); anything else as DistributedRunFailed."""
-    from ..checkpoint import CheckpointError
-
-    cause = e.__cause__ if e.__cause__ is not None else e
-    if isinstance(cause, CheckpointError):
-        return cause
-    rank = getattr(e, "rank", None)
-    if rank is None:  # launch_threads: "rank R of N failed: ..."
-        text = str(e)
-        rank = int(text.split()[1]) if text.startswith("rank ") else "?"
-    how = (f"the run stopped: {strategy} needs every rank at every step, so the failed "
-           "rank's shard is not handed to the others")
-    return DistributedRunFailed(_failure_message(strategy, rank, size, cause, save, progress,
-                                                 how))
 
 
 def _copy_params(src, dst):
@@ -381,15 +345,7 @@ def _run_mpi(strategy, rank_main, model, save, progress):
     from .comm_mpi import MPIComm
 
     c = MPIComm()
-    # Who is who: if a rank's process dies, mpiexec's banner names its PID and host
-    # ("BAD TERMINATION ... PID 8259 RUNNING AT node2"); this line turns that into a rank.
-    import socket
-
-    where = c.comm.gather((os.getpid(), socket.gethostname()), root=0)
-    if c.rank == 0:
-        print(f"[mpi] {c.size} ranks: " + ", ".join(
-            f"rank {r} = pid {pid} on {host}" for r, (pid, host) in enumerate(where)),
-            file=sys.stderr, flush=True)
+    announce_ranks(c)
     try:
         mine = rank_main(c, model)
     except Exception as e:
@@ -405,7 +361,7 @@ def _run_mpi(strategy, rank_main, model, save, progress):
         elif c.size > 1:
             # The other ranks wait in a collective that will never complete: end the job.
             how = "the job is aborted (MPI_Abort): every step needs every rank"
-            text = _failure_message(strategy, c.rank, c.size, e, save, progress, how)
+            text = failure_message(strategy, c.rank, c.size, e, save, progress, how)
             print(f"minigrad train: {text}", file=sys.stderr, flush=True)
             c.comm.Abort(1)
             raise  # not reached

@@ -56,6 +56,11 @@ single-worker training up to float rounding.
     summary = train_model_parallel(MnistCNN(), (X, y), (X_test, y_test), workers=2,
                                    epochs=2, batch_size=64, lr=0.05, optimizer="sgd",
                                    transform=mnist_normalize)
+
+Checkpoints (`save=`, `resume=`): after each epoch the workers join their filters and
+their filters' optimizer state into one file in the single-worker layout (uncounted
+allgathers, rank 0 writes atomically: `checkpoint.save_split`); a resumed run, with any
+number of workers, cuts its shares from it again.
 """
 import time
 
@@ -210,7 +215,7 @@ def layer_sequence(model):
         return [model[i] for i in range(len(model))]
     m = model
     if type(model) is models.MnistCNN:
-        return [m.conv1, m.pool, nn.ReLU(), m.conv2, m.pool, nn.ReLU(), nn.Flatten(1),
+        return [m.conv1, m.pool, m.conv2, m.pool, nn.Flatten(1),  # m.pool: ReLU fused in
                 m.fc1, nn.ReLU(), m.fc2, nn.ReLU(), m.fc3]
     if type(model) is models.LeNet5:
         return [m.conv1, nn.Tanh(), m.pool, m.conv2, nn.Tanh(), m.pool, nn.Flatten(1),
@@ -264,12 +269,23 @@ class ModelParallel(nn.Module):
     def split_layers(self):
         return [m for kind, m in self.steps if kind == "split"]
 
+    def _whole_layers(self, model):
+        return [m for m in layer_sequence(model) if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+    def shards(self, model):
+        """(my parameter, the parameter of `model` it is a share of, every worker's rows of
+        its axis 0), for each parameter I hold: what a checkpoint joins and re-splits."""
+        for mine, whole in zip(self.split_layers(), self._whole_layers(model), strict=True):
+            yield mine.weight, whole.weight, mine.sizes
+            if mine.bias is not None:
+                yield mine.bias, whole.bias, mine.sizes
+
     def assemble(self, model):
         """Write the whole trained weights into `model` (the same architecture), on every
         worker: one uncounted allgather per parameter (bookkeeping, not training)."""
-        full = [m for m in layer_sequence(model) if isinstance(m, (nn.Conv2d, nn.Linear))]
         with self.comm.uncounted():
-            for mine, whole in zip(self.split_layers(), full, strict=True):
+            for mine, whole in zip(self.split_layers(), self._whole_layers(model),
+                                   strict=True):
                 whole.weight.data[...] = allgather_along(self.comm, mine.weight.data,
                                                          mine.sizes, 0)
                 if mine.bias is not None:
@@ -321,16 +337,19 @@ def activation_bytes(model, x):
 def train_model_parallel(model, train_data, test_data, *, comm="threads", workers=2,
                          epochs=1, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9,
                          seed=0, transform=None, eval_transform=None, eval_limit=None,
-                         log=None, algo=None, cores=None):
+                         log=None, algo=None, cores=None, save=None, resume=None,
+                         faults=None, task=None):
     """Train `model` with its filters split over `workers` ranks (threads) or over the
     ranks of `mpiexec` (comm="mpi"). Leaves the trained weights in `model`; returns the
     summary on rank 0 (None on the other MPI ranks). `eval_transform`: the test set's
-    (default: `transform`); `algo`: every conv's lowering (default: each layer's own)."""
+    (default: `transform`); `algo`: every conv's lowering (default: each layer's own);
+    `save`, `resume`, `faults`, `task`: as in `train_split`."""
     return train_split("model-parallel", lambda c, m: ModelParallel(m, c, algo), model,
                        train_data, test_data, comm=comm, workers=workers, epochs=epochs,
                        batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                        seed=seed, transform=transform, eval_transform=eval_transform,
-                       eval_limit=eval_limit, log=log, cores=cores)
+                       eval_limit=eval_limit, log=log, cores=cores, save=save,
+                       resume=resume, faults=faults, task=task)
 
 
 _PER_RANK = ("param_bytes", "optimizer_bytes", "activation_bytes", "bytes_sent",
@@ -339,19 +358,33 @@ _PER_RANK = ("param_bytes", "optimizer_bytes", "activation_bytes", "bytes_sent",
 
 def train_split(strategy, build, model, train_data, test_data, *, comm, workers, epochs,
                 batch_size, lr, optimizer, momentum, seed, transform, eval_transform=None,
-                eval_limit=None, log=None, cores=None):
+                eval_limit=None, log=None, cores=None, save=None, resume=None, faults=None,
+                task=None):
     """The training loop the split strategies share (model parallel, tensor slicing).
 
     build(comm, model) -> the worker's network: forward(x) gives the whole logits on every
-    worker; parameters() the tensors this worker updates; optional after_backward() (the
-    tensor slicing dW allreduce), assemble(model) (write the whole weights into model),
-    and halo_bytes (a counter). Every worker walks the same full batches in the
-    single-worker order (`ShardedBatches` with one shard). Threads follow the budget of
-    `minigrad.threads` (`cores`: this host's cores to use), as the data-parallel ones do.
+    worker; parameters() the tensors this worker updates; shards(model) which parameter of
+    `model` each of them is (a share of: see checkpoint.save_split); optional
+    after_backward() (the tensor slicing dW allreduce), assemble(model) (write the whole
+    weights into model), and halo_bytes (a counter). Every worker walks the same full
+    batches in the single-worker order (`ShardedBatches` with one shard). Threads follow the
+    budget of `minigrad.threads` (`cores`: this host's cores to use), as the data-parallel
+    ones do.
+
+    Checkpoints. `save`: after every epoch the workers join their shares into one file in
+    the single-worker layout (`checkpoint.save_split`: atomic, rank 0 writes). `resume`:
+    start after the epoch it holds, with its weights and optimizer state re-split over this
+    run's workers, whatever their number was; the seed, batch size, training set, task and
+    optimizer must be the checkpoint's. `faults` (`common.Faults`): die / kill / stall at a
+    worker's step, counted from 0 in this run. A failed worker stops the run: on threads
+    with `DistributedRunFailed`, under MPI with MPI_Abort, each naming the rank, the epoch
+    and the checkpoint to resume from (`failures.failure_message`).
     """
     from .. import threads
     from ..train import make_optimizer
+    from . import checkpoint
     from .common import (
+        Faults,
         ShardedBatches,
         budgeted,
         flat_params,
@@ -361,27 +394,53 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
         thread_plan,
         warm_up,
     )
+    from .failures import announce_ranks, failure_message, thread_failure
 
     if comm not in ("threads", "mpi"):
         raise ValueError(f"unknown comm {comm!r}: expected 'threads' or 'mpi'")
+    faults = faults or Faults()
     X_test, y_test = test_data
     if eval_limit:
         X_test, y_test = X_test[:eval_limit], y_test[:eval_limit]
     full_param_bytes = param_bytes(model.parameters())
+    progress = {"saved_epoch": None}  # rank 0's last checkpoint (for failure messages)
+    n_train = len(train_data[0])
+
+    def meta_for(c, epochs_done, batches):
+        return {"strategy": strategy, "ranks": c.size, "seed": seed, "batch_size": batch_size,
+                "n_train": n_train, "task": task, "epoch": epochs_done,
+                "optimizer": optimizer, "data_order": batches.loader.order(epochs_done)}
 
     def rank_main(c, own_model):
         say = log if (log is not None and c.rank == 0) else None
         with c.uncounted():  # one starting point on every rank (MPI: rank 0's)
             load_flat(own_model.parameters(), c.bcast(flat_params(own_model.parameters())))
+        restored = None
+        if resume:  # the whole weights into own_model, before the network takes its share
+            expect = checkpoint.expected_meta(strategy, None, seed, batch_size, n_train, task,
+                                              optimizer)
+            restored = checkpoint.restore_split(resume, c, own_model, expect)
         net = build(c, own_model)
         params = net.parameters()
         opt = make_optimizer(optimizer, params, lr, momentum=momentum)
         batches = ShardedBatches(train_data, batch_size, seed, 0, 1, transform)
+        start = 0
+        if restored is not None:
+            meta, whole_state = restored
+            checkpoint.load_split_optimizer(resume, c, net, own_model, opt, whole_state)
+            checkpoint.check_data_order(resume, meta, batches)
+            start = int(meta.get("epoch", 0))
+            if say is not None:
+                was = int(meta.get("ranks") or c.size)
+                say(f"[{strategy}] resumed from {resume} after epoch {start}"
+                    + (f" (written by {was} workers, re-split over {c.size})"
+                       if was != c.size else ""))
         sent0, moved0 = c.bytes_sent, c.bytes_moved
         t0 = time.perf_counter()
         loss_sum, correct, seen, steps, act = 0.0, 0, 0, 0, 0
-        for epoch in range(epochs):
+        for epoch in range(start, epochs):
             for _, xb, yb, _ in batches.epoch(epoch):
+                faults.at_step(c.rank, steps)
                 opt.zero_grad()
                 logits = net(Tensor(xb))
                 loss = F.cross_entropy(logits, yb)
@@ -398,6 +457,11 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
             if say is not None:
                 say(f"[{strategy} x{c.size}] epoch {epoch + 1}/{epochs}: loss "
                     f"{loss_sum / max(seen, 1):.4f}, {steps} steps")
+            if save:
+                checkpoint.save_split(save, c, net, own_model, opt,
+                                      meta_for(c, epoch + 1, batches))
+                if c.rank == 0:
+                    progress["saved_epoch"] = epoch + 1
         seconds = time.perf_counter() - t0
         mine = {"param_bytes": param_bytes(params), "optimizer_bytes": optimizer_bytes(opt),
                 "activation_bytes": act, "bytes_sent": c.bytes_sent - sent0,
@@ -410,7 +474,7 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
             table = c.allgather(np.array([mine[k] for k in _PER_RANK], dtype=np.float64))
         per_rank = {k: [float(row[i]) for row in table] for i, k in enumerate(_PER_RANK)}
         return {"per_rank": per_rank, "test_accuracy": accuracy, "steps": steps,
-                "loss_sum": loss_sum, "correct": correct, "seen": seen}
+                "loss_sum": loss_sum, "correct": correct, "seen": seen, "start_epoch": start}
 
     plan = thread_plan(workers, comm, cores)
     with threads.limits(plan):  # compile the kernels before the clock starts
@@ -426,9 +490,10 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
                 results = launch_threads(
                     workers, budgeted(plan, lambda c: rank_main(c, models[c.rank])))
             except RuntimeError as e:
-                if isinstance(e.__cause__, ValueError):  # a model or a split that cannot
-                    raise e.__cause__ from None          # work: every rank refused it
-                raise
+                if isinstance(e.__cause__, ValueError):  # a model, a split or a checkpoint
+                    raise e.__cause__ from None          # that cannot work: every rank
+                err = thread_failure(strategy, e, workers, save, progress)  # refused it
+                raise err from e.__cause__
             root, size = results[0], workers
             for p, q in zip(models[0].parameters(), model.parameters(), strict=True):
                 q.data[...] = p.data
@@ -438,17 +503,20 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
             from .comm_mpi import MPIComm
 
             c = MPIComm()
+            announce_ranks(c)
             try:
                 root, size = rank_main(c, model), c.size
             except ValueError:
-                raise  # decided from shapes alone, so every rank raises it at the same point
+                raise  # decided from shapes or the checkpoint alone: every rank raises it
             except Exception as e:
                 if c.size == 1:
                     raise
                 # the others wait in a collective that will never complete: end the job
-                print(f"{strategy}: rank {c.rank} of {c.size} failed ({type(e).__name__}: "
-                      f"{e}); aborting the job (MPI_Abort)", file=sys.stderr, flush=True)
+                how = "the job is aborted (MPI_Abort): every step needs every rank"
+                text = failure_message(strategy, c.rank, c.size, e, save, progress, how)
+                print(f"minigrad train: {text}", file=sys.stderr, flush=True)
                 c.comm.Abort(1)
+                raise  # not reached
             c.close()
             if c.rank != 0:
                 return None
@@ -456,6 +524,7 @@ def train_split(strategy, build, model, train_data, test_data, *, comm, workers,
     summary = _summary(strategy, root, size, epochs, batch_size, lr, seed, comm, wall,
                        full_param_bytes)
     summary["threads"] = plan.as_dict()
+    summary["checkpoint"] = save
     return summary
 
 
@@ -464,6 +533,7 @@ def _summary(strategy, root, size, epochs, batch_size, lr, seed, comm, wall, ful
     and bytes per step. *_per_worker: the largest worker's (uneven splits); the per-rank
     lists are under "per_rank"."""
     pr, steps = root["per_rank"], max(root["steps"], 1)
+    start = int(root.get("start_epoch", 0))
     seconds = max(pr["train_seconds"])
     seen = root["seen"]
     return {
@@ -473,11 +543,11 @@ def _summary(strategy, root, size, epochs, batch_size, lr, seed, comm, wall, ful
         "compression_ratio_overall": None, "traffic_ratio": None,
         "traffic_ratio_overall": None, "staleness_mean": None, "staleness_max": None,
         "steps": root["steps"], "train_seconds": seconds,
-        "seconds_per_epoch": seconds / max(epochs, 1),
+        "seconds_per_epoch": seconds / max(epochs - start, 1),
         "train_loss": root["loss_sum"] / seen if seen else None,
         "train_accuracy": root["correct"] / seen if seen else None,
-        "test_accuracy": root["test_accuracy"], "resumed_from_epoch": None,
-        "epochs_run": epochs, "wall_seconds": wall,
+        "test_accuracy": root["test_accuracy"], "resumed_from_epoch": start or None,
+        "epochs_run": epochs - start, "wall_seconds": wall,
         "images_per_second": seen / seconds if seconds else 0.0,
         "param_bytes_total": full_bytes,
         "param_bytes_per_worker": int(max(pr["param_bytes"])),

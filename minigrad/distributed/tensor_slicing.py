@@ -58,6 +58,10 @@ whose gradients are allreduced in full: those want the filter split (`model_para
     summary = train_tensor_slicing(MnistCNN(), (X, y), (X_test, y_test), workers=2,
                                    epochs=2, batch_size=64, lr=0.05, optimizer="sgd",
                                    transform=mnist_normalize)
+
+Checkpoints (`save=`, `resume=`): the weights and optimizer state are whole on every
+worker, so rank 0's are written after each epoch, as sync's are (`checkpoint.save_split`);
+a run may resume with another number of workers (new bands, the same weights).
 """
 import math
 
@@ -312,17 +316,30 @@ class TensorSliced(nn.Module):
         """The weights are whole on every worker already (and `model` is the one trained)."""
         return model
 
+    def shards(self, model):
+        """(my parameter, the parameter of `model` it is, None: not split) for each one:
+        the weights are replicated, so a checkpoint takes rank 0's, as sync's does."""
+        mine = {id(p) for p in self.parameters()}
+        for p in model.parameters():
+            if id(p) not in mine:
+                raise ValueError("TensorSliced.shards: `model` is not the model this "
+                                 "network was built on")
+            yield p, p, None
+
 
 def train_tensor_slicing(model, train_data, test_data, *, comm="threads", workers=2,
                          epochs=1, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9,
                          seed=0, transform=None, eval_transform=None, eval_limit=None,
-                         log=None, algo=None, cores=None):
+                         log=None, algo=None, cores=None, save=None, resume=None,
+                         faults=None, task=None):
     """Train `model` with its feature maps split into bands over `workers` ranks (threads)
     or the ranks of `mpiexec` (comm="mpi"). Leaves the trained weights in `model`; returns
     the summary on rank 0 (None on the other MPI ranks). `eval_transform`: the test set's
-    (default: `transform`); `algo`: every conv's lowering (default: each layer's own)."""
+    (default: `transform`); `algo`: every conv's lowering (default: each layer's own);
+    `save`, `resume`, `faults`, `task`: as in `model_parallel.train_split`."""
     return train_split("tensor-slicing", lambda c, m: TensorSliced(m, c, algo), model,
                        train_data, test_data, comm=comm, workers=workers, epochs=epochs,
                        batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                        seed=seed, transform=transform, eval_transform=eval_transform,
-                       eval_limit=eval_limit, log=log, cores=cores)
+                       eval_limit=eval_limit, log=log, cores=cores, save=save,
+                       resume=resume, faults=faults, task=task)

@@ -71,6 +71,15 @@ from extra_info, with these keys (the bench suites record them with
                                 first reached target_accuracy (null: never)
   target_accuracy       number  the accuracy aimed at, in [0, 1]             scaling
   cores                 int     the machine's cores (affinity mask)          loader, scaling
+  param_bytes_per_worker      number  parameters one worker holds          split
+  optimizer_bytes_per_worker  number  its optimizer's state arrays          split
+  activation_bytes_per_worker number  what its forward keeps for backward   split
+  peak_bytes_per_worker   number  tracemalloc's peak / workers (optional)    split
+  moved_per_step_per_worker   number  bytes a worker receives (and sends)   split
+                                  over the network per step
+  sent_per_step_per_worker    number  bytes it hands to the communicator    (split table)
+  halo_bytes_per_step_per_worker  number  tensor slicing's halo rows and    split
+                                  their gradients, part of moved
 
 A training record is one with test_accuracy or task and none of layer, strategy or
 num_workers. Titles say what is compared and on what: dtype (conv figures), device, and the
@@ -99,7 +108,19 @@ Figures of one results file:
   scaling      images/s against workers per strategy, and training seconds to the target
                accuracy (group "scaling-threads": extra_info strategy, workers,
                images_per_second, time_to_target_s, cores); the title gives the cores
+  split        per worker against the number of workers, one colour per strategy (data
+               parallel "sync", "model-parallel", "tensor-slicing"): the model state
+               (parameters and optimizer state, stacked bars), the activations (and the
+               traced peak, dotted), and the bytes moved per step (tensor slicing's halo
+               part dotted). Group "split-memory", written by `bench/split_memory.py`:
+               extra_info strategy, workers and the *_per_worker keys above
 Layers are ordered by their FLOPs (smallest first), then by first appearance in the file.
+
+Figures from a results file of their own (SCRIPT_FIGURES: "split", from group
+"split-memory"). A bench script, not `pytest bench`, writes their records, into a file that
+holds nothing else, and their figures usually share DIR with the others (docs/figures). So
+a file with only such records draws only their figures, and a file without them leaves
+their figures in DIR alone: neither kind of file deletes the other's figures as stale.
 
 A figure whose records are absent is skipped and the reason printed. Its files from an
 earlier run in DIR (NAME.png, NAME.svg, NAME.pdf and NAME.<each requested format>) would then
@@ -130,9 +151,13 @@ NUMERIC_KEYS = ("flops", "gflops", "sgemm_gflops", "workspace_bytes", "num_worke
                 "batches_per_second", "batches", "test_accuracy", "sparsity", "bytes_sent",
                 "workers", "steps", "seconds_per_step", "bytes_per_step",
                 "compression_ratio", "stall_share", "images_per_second", "time_to_target_s",
-                "cores", "target_accuracy")
+                "cores", "target_accuracy", "param_bytes_per_worker",
+                "optimizer_bytes_per_worker", "activation_bytes_per_worker",
+                "peak_bytes_per_worker", "moved_per_step_per_worker",
+                "sent_per_step_per_worker", "halo_bytes_per_step_per_worker")
 FIGURES = ("speedup", "gflops", "workspace", "loader", "training", "dgc", "distributed",
            "scaling")
+SCRIPT_FIGURES = {"split": "split-memory"}  # figure: the group of its own results file
 FAST_BACKENDS = ("numba", "cupy")      # the speed contenders; numpy is the reference
 STALE_FORMATS = ("png", "svg", "pdf")  # deleted for a skipped figure, with the requested ones
 STRATEGY_ORDER = ("sync", "hogwild", "async", "dgc")
@@ -1086,9 +1111,106 @@ def fig_distributed(records, info=None):
     return fig
 
 
+SPLIT_GROUP = SCRIPT_FIGURES["split"]
+SPLIT_ORDER = ("sync", "model-parallel", "tensor-slicing")
+SPLIT_NAMES = {"sync": "data parallel (sync)", "model-parallel": "model parallel (filters)",
+               "tensor-slicing": "tensor slicing (row bands)"}
+SPLIT_KEYS = ("param_bytes_per_worker", "optimizer_bytes_per_worker",
+              "activation_bytes_per_worker", "moved_per_step_per_worker")
+
+
+def fig_split(records, info=None):
+    """Group "split-memory" (bench/split_memory.py): per worker against N, one colour per
+    strategy: parameters + optimizer state, activations, bytes moved per step."""
+    rs = [r for r in records if r["group"] == SPLIT_GROUP and "strategy" in r["extra"]
+          and _number(r["extra"].get("workers"))
+          and all(_number(r["extra"].get(k)) for k in SPLIT_KEYS)]
+    if not rs:
+        return (f"no records of group {SPLIT_GROUP!r} with extra_info strategy, workers, "
+                + ", ".join(SPLIT_KEYS) + " (bench/split_memory.py writes them)")
+    by = defaultdict(dict)   # strategy -> {workers: extra_info}
+    for r in rs:
+        by[str(r["extra"]["strategy"])][r["extra"]["workers"]] = r["extra"]
+    strategies = sorted(by, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER
+                                           else len(SPLIT_ORDER), s))
+    ticks = sorted({w for d in by.values() for w in d})
+    at = {w: i for i, w in enumerate(ticks)}
+    color = {s: f"C{i}" for i, s in enumerate(strategies)}
+    name = {s: SPLIT_NAMES.get(s, s) for s in strategies}
+    plt = _plt()
+    from matplotlib.patches import Patch
+
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 5.4), layout="constrained")
+    # model state: parameters (solid) + optimizer state (hatched), one bar per strategy
+    width = 0.8 / len(strategies)
+    for k, s in enumerate(strategies):
+        for w, e in sorted(by[s].items()):
+            x = at[w] - 0.4 + width * (k + 0.5)
+            p, o = e["param_bytes_per_worker"] / MIB, e["optimizer_bytes_per_worker"] / MIB
+            a1.bar(x, p, width, color=color[s], edgecolor="0.25", lw=0.5)
+            a1.bar(x, o, width, bottom=p, color=color[s], alpha=0.45, hatch="//",
+                   edgecolor="0.25", lw=0.5)
+            a1.annotate(f"{p + o:.2f}", (x, p + o), ha="center", va="bottom", fontsize=6.5,
+                        xytext=(0, 2), textcoords="offset points")
+    top = max(e["param_bytes_per_worker"] + e["optimizer_bytes_per_worker"]
+              for d in by.values() for e in d.values()) / MIB
+    a1.set_ylim(0, top * 1.2)
+    a1.set_ylabel("MiB per worker (the largest worker)")
+    a1.set_title("Model state: parameters + optimizer state", fontsize=10)
+    a1.legend(handles=[Patch(facecolor="0.6", edgecolor="0.25", label="parameters"),
+                       Patch(facecolor="0.6", alpha=0.45, hatch="//", edgecolor="0.25",
+                             label="optimizer state (SGD momentum)")],
+              fontsize=8, loc="upper right")
+    # activations, and tracemalloc's peak where recorded
+    peaks = False
+    for s in strategies:
+        ws = sorted(by[s])
+        a2.plot([at[w] for w in ws], [by[s][w]["activation_bytes_per_worker"] / MIB
+                                      for w in ws], marker="o", color=color[s], label=name[s])
+        pk = [w for w in ws if _number(by[s][w].get("peak_bytes_per_worker"))]
+        if pk:
+            peaks = True
+            a2.plot([at[w] for w in pk], [by[s][w]["peak_bytes_per_worker"] / MIB for w in pk],
+                    ls=":", marker=".", color=color[s])
+    a2.set_ylim(bottom=0)
+    a2.set_ylabel("MiB per worker (the largest worker)")
+    a2.set_title("Activations kept for the backward"
+                 + ("\n(dotted: traced peak of all allocations)" if peaks else ""),
+                 fontsize=10)
+    a2.legend(title="strategy", fontsize=8)
+    # bytes moved per step, and tensor slicing's halo part
+    for s in strategies:
+        ws = sorted(by[s])
+        a3.plot([at[w] for w in ws], [by[s][w]["moved_per_step_per_worker"] / MIB
+                                      for w in ws], marker="o", color=color[s], label=name[s])
+        halo = [w for w in ws if _number(by[s][w].get("halo_bytes_per_step_per_worker"))]
+        if any(by[s][w]["halo_bytes_per_step_per_worker"] > 0 for w in halo):
+            a3.plot([at[w] for w in halo],
+                    [by[s][w]["halo_bytes_per_step_per_worker"] / MIB for w in halo],
+                    ls=":", marker=".", color=color[s], label=f"{name[s]}: halo rows")
+    a3.set_ylim(bottom=0)
+    a3.set_ylabel("MiB received per step per worker (mean; also what it sends)")
+    a3.set_title("Communication per step", fontsize=10)
+    a3.legend(fontsize=8)
+    for a in (a1, a2, a3):
+        a.set_xticks(range(len(ticks)), [f"{int(w)}" for w in ticks])
+        a.set_xlim(-0.5, len(ticks) - 0.5)
+        a.set_xlabel("workers N")
+        a.grid(axis="y", alpha=0.3)
+        a.set_axisbelow(True)
+    batch = sorted({int(r["extra"]["batch_size"]) for r in rs
+                    if _number(r["extra"].get("batch_size"))})
+    on = f", global batch {batch[0]}" if len(batch) == 1 else ""
+    _title(fig, f"Splitting the batch, the filters or the feature maps: memory and bytes per "
+                f"worker against N (MNIST CNN{on})", _context(info, rs),
+           "counts, not timings: data parallel splits the batch (a whole replica each), "
+           "model parallel the weights, tensor slicing the activations", info)
+    return fig
+
+
 DRAW = {"speedup": fig_speedup, "gflops": fig_gflops, "workspace": fig_workspace,
         "loader": fig_loader, "training": fig_training, "dgc": fig_dgc,
-        "distributed": fig_distributed, "scaling": fig_scaling}
+        "distributed": fig_distributed, "scaling": fig_scaling, "split": fig_split}
 
 
 # --------------------------------------------------------------------------- comparing runs
@@ -1446,6 +1568,16 @@ def _out_dir(out_dir):
     return out_dir
 
 
+def figures_of(records):
+    """The figures a file's records are asked for: FIGURES unless every record belongs to
+    a script figure's group (see "Figures from a results file of their own" above), then
+    each script figure whose group is present."""
+    groups = {r["group"] for r in records}
+    own = set(SCRIPT_FIGURES.values())
+    names = [] if records and groups <= own else list(FIGURES)
+    return names + [n for n, g in SCRIPT_FIGURES.items() if g in groups]
+
+
 def plot(path, out_dir, formats=("png", "svg")):
     """Draw every figure the records of `path` allow into `out_dir`.
 
@@ -1456,7 +1588,7 @@ def plot(path, out_dir, formats=("png", "svg")):
     out_dir = _out_dir(out_dir)
     plt = _plt()
     written, skipped, removed = [], {}, {}
-    for name in FIGURES:
+    for name in figures_of(records):
         fig = DRAW[name](records, info)
         if isinstance(fig, str):
             skipped[name] = fig
@@ -1545,7 +1677,8 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "plot", help="draw benchmark figures, comparisons of runs, and training curves",
         description="One pytest-benchmark JSON: speedup, GFLOP/s, workspace, loader, "
-                    "training, DGC and distributed figures. Two or more: each benchmark "
+                    "training, DGC, distributed and scaling figures (bench/split_memory.py's "
+                    "file: the split figure). Two or more: each benchmark "
                     "group's times side by side, file against file. Training logs "
                     "(`minigrad train --log FILE.jsonl`): loss and accuracy curves. See "
                     "minigrad/tools/plot.py for the extra_info keys.")

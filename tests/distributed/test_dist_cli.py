@@ -184,10 +184,3 @@ def test_split_strategies_from_the_command_line(strategy, capsys):
     assert s["threads"]["workers"] == 2 and s["images_per_second"] > 0
     if strategy == "model-parallel":                      # each holds about half the filters
         assert s["param_bytes_per_worker"] < 0.6 * s["param_bytes_total"]
-
-
-def test_split_strategies_refuse_checkpoints(capsys, tmp_path):
-    code = dmain(["iris", "--epochs", "1", "--optimizer", "sgd", "--strategy",
-                  "model-parallel", "--save", str(tmp_path / "ck.npz")])
-    assert code == 2
-    assert "does not checkpoint yet" in capsys.readouterr().err
