@@ -11,7 +11,8 @@
 
 `--save PATH` writes a checkpoint after every epoch (rank 0 writes it, atomically);
 `--resume PATH` continues from one, with the same strategy, ranks, seed and batch size
-(see `minigrad.distributed.checkpoint`).
+(model-parallel and tensor-slicing save the whole model, so they resume with any number of
+workers; see `minigrad.distributed.checkpoint`).
 
 `--workers` is the number of training workers, DEFAULT_WORKERS (2) when not given: a number
 that does not depend on the machine, since hogwild, async and DGC results depend on it
