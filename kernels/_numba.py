@@ -19,13 +19,34 @@ libgomp.so.1 (part of gcc, present on common Linux systems). Where the optional 
 installed (`pip install tbb`), "threadsafe" prefers **tbb**. Both are correct here; call
 `kernels.threading_layer()` to see which one a process really uses.
 
+The wait policy, and why omp runs PASSIVE. A thread pool's workers, between two parallel
+loops, either spin (poll for the next loop: lowest latency, but they burn their core) or
+sleep (PASSIVE: a futex wake-up, a few microseconds, per loop). On an idle machine the two
+are equal for our kernels, whose loops last milliseconds. Beside a busy process they are
+not: spinning workers take time from the competitor and from each other. Measured with
+`bench/contention.py` (MNIST conv2 forward+backward, 2 cores, one busy process pinned to
+one of them; two runs each, ms alone -> beside, slowdown):
+    omp, active wait (libgomp's default)   im2col  9.8 -> 24.0, 8.4 -> 21.0   2.45x, 2.50x
+    omp, OMP_WAIT_POLICY=passive           im2col  8.5 -> 16.7, 8.3 -> 16.5   1.96x, 2.00x
+    tbb (its own policy)                   im2col 10.2 -> 19.0, 9.9 -> 16.8   1.86x, 1.70x
+Losing one core of two, perfectly shared, is 2.0x: passive omp and tbb reach it, spinning
+omp does not, and passive costs nothing alone. So where the layer is omp and the user set
+no OMP_WAIT_POLICY, we set PASSIVE before libgomp loads. Caveats: libgomp reads it once, at
+load, so a process that imported torch first keeps whatever torch's libgomp started with
+(torch wheels ship a libgomp.so.1 of their own; whichever loads first serves both); and in
+one process with minigrad, torch's OpenMP loops run passive too (they measured 9.1 -> 17.8
+ms against 9.1 -> 21.8 active, alone unchanged). tbb needs nothing: its workers spin only
+briefly, then sleep.
+
 Rules:
 - if the user set NUMBA_THREADING_LAYER in the environment (or already changed
   numba.config.THREADING_LAYER before importing kernels), we leave it alone;
-- otherwise we select "threadsafe" when tbb or omp can be loaded here, and fall back to
-  Numba's "default" with a warning when neither can (kernels still work, but must not be
-  called from several threads at once).
-We never set the number of threads: Numba uses all cores it is given (NUMBA_NUM_THREADS).
+- otherwise we select "threadsafe" when tbb or omp can be loaded here (omp with
+  OMP_WAIT_POLICY=PASSIVE unless set), and fall back to Numba's "default" with a warning
+  when neither can (kernels still work, but must not be called from several threads at
+  once).
+We never set the number of threads: Numba uses all cores it is given (NUMBA_NUM_THREADS),
+and minigrad/threads.py divides them between workers and ranks.
 
 Indexing: why the copy loops use flat views and `uintp(...)` offsets
 ---------------------------------------------------------------------
@@ -49,9 +70,9 @@ from . import _common
 __all__ = ["njit", "prange", "uintp", "threading_layer", "valid_range", "SELECTED_LAYER"]
 
 
-def _threadsafe_layer_loadable():
-    """True when Numba can load tbb or omp in this process (probed without launching)."""
-    try:  # tbb: numba checks the TBB runtime version, then imports its tbb pool
+def _tbb_loadable():
+    """True when Numba can load its tbb layer in this process (probed without launching)."""
+    try:  # numba checks the TBB runtime version, then imports its tbb pool
         from numba.np.ufunc import parallel as _parallel
 
         _parallel._check_tbb_version_compatible()
@@ -59,7 +80,11 @@ def _threadsafe_layer_loadable():
 
         return True
     except Exception:  # ImportError, OSError, or a numba internal that moved
-        pass
+        return False
+
+
+def _omp_loadable():
+    """True when Numba can load its omp layer (this loads the OpenMP runtime, libgomp)."""
     try:
         from numba.np.ufunc import omppool  # noqa: F401
 
@@ -68,13 +93,23 @@ def _threadsafe_layer_loadable():
         return False
 
 
+# OpenMP's wait policy when the layer is omp and the user chose none (see the module doc).
+OMP_WAIT_POLICY = "PASSIVE"
+
+
 def _select_threading_layer():
     if "NUMBA_THREADING_LAYER" in os.environ:
         return numba.config.THREADING_LAYER  # the user's explicit choice
     if numba.config.THREADING_LAYER != "default":
         return numba.config.THREADING_LAYER  # set programmatically before us
-    if _threadsafe_layer_loadable():
-        numba.config.THREADING_LAYER = "threadsafe"
+    if _tbb_loadable():
+        numba.config.THREADING_LAYER = "threadsafe"  # tbb
+        return numba.config.THREADING_LAYER
+    # libgomp reads its environment once, when it is loaded: set the policy before that
+    # (a no-op if something, e.g. torch, loaded it earlier; then its setting stands)
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    if _omp_loadable():
+        numba.config.THREADING_LAYER = "threadsafe"  # omp
     else:
         warnings.warn(
             "kernels: neither the tbb nor the omp Numba threading layer can be loaded; "

@@ -400,8 +400,10 @@ def cmd_info(args):
     gemm = kernels.gemm_info()
     lines.append(f"gemm: float32 products on {gemm['float32']}, float64 on {gemm['float64']} "
                  f"(MINIGRAD_GEMM={gemm['mode']}, AVX-512 {'yes' if gemm['avx512'] else 'no'})")
-    lines.append(f"numba threads {numba.get_num_threads()}, threading layer "
-                 f"{kernels.threading_layer()}")
+    layer = kernels.threading_layer()
+    wait = (f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY') or 'unset (active)'}"
+            if layer == "omp" else "")
+    lines.append(f"numba threads {numba.get_num_threads()}, threading layer {layer}{wait}")
     lines.append(f"threads: {plan.describe()}")
     lines += [f"threads: note: {note}" for note in plan.notes]
     ok, why = gpu_available()

@@ -1,8 +1,11 @@
 """Numba kernels run from several Python threads at once (Hogwild, the data loader)."""
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
+import pytest
 from minigrad.kernels import _numba
 
 from minigrad import kernels
@@ -12,6 +15,35 @@ def test_threading_layer_is_threadsafe():
     layer = _numba.threading_layer()
     if "NUMBA_THREADING_LAYER" not in os.environ:
         assert layer in ("tbb", "omp"), f"Numba loaded the {layer!r} threading layer"
+
+
+# A process where tbb cannot load (as after a plain `pip install`, which pulls no tbb):
+# kernels falls back to omp and, unless told otherwise, makes OpenMP's workers sleep rather
+# than spin between loops (kernels/_numba.py says why, with the measurements).
+NO_TBB = """
+import os, sys
+from numba.np.ufunc import parallel
+def no_tbb():
+    raise ImportError("tbb hidden by the test")
+parallel._check_tbb_version_compatible = no_tbb
+from minigrad import kernels
+print(kernels.threading_layer(), os.environ.get("OMP_WAIT_POLICY"))
+"""
+
+
+@pytest.mark.parametrize("given,want", [(None, "PASSIVE"), ("active", "active")])
+def test_omp_layer_waits_passively_unless_told(given, want):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    out = subprocess.run([sys.executable, "-c", NO_TBB], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    layer, policy = out.stdout.split()
+    if layer != "omp":
+        pytest.skip(f"no OpenMP runtime here (layer {layer})")
+    assert policy == want
 
 
 def test_concurrent_calls_from_python_threads():
