@@ -1,5 +1,6 @@
 """Does training get faster with more workers? Images/s and time to a target accuracy for
-1, 2 and 4 workers of every strategy (sync, hogwild, async, dgc) on threads, MNIST CNN.
+1, 2 and 4 workers of every strategy (sync, hogwild, async, dgc, model-parallel,
+tensor-slicing) on threads, MNIST CNN, and one worker on one core: the ceiling.
 
     pytest bench/test_bench_scaling.py --benchmark-json=scaling.json
     pytest bench/test_bench_scaling.py -k "sync" --benchmark-json=scaling-sync.json
@@ -39,7 +40,7 @@ from bench.common import record
 from minigrad import threads
 from minigrad.cli import main
 
-STRATEGIES = ("sync", "hogwild", "async", "dgc")
+STRATEGIES = ("sync", "hogwild", "async", "dgc", "model-parallel", "tensor-slicing")
 WORKERS = (1, 2, 4)
 LIMIT, EVAL_LIMIT, TARGET, MAX_EPOCHS = 12_000, 2_000, 0.95, 5
 SMOKE_LIMIT = 256  # --benchmark-disable: one epoch on this many images
@@ -50,6 +51,8 @@ OPTIONS = {
     "hogwild": ["--optimizer", "sgd", "--lr", "0.02"],
     "async": ["--optimizer", "sgd", "--lr", "0.01", "--server-momentum", "0.8"],
     "dgc": ["--optimizer", "sgd", "--lr", "0.02"],
+    "model-parallel": ["--optimizer", "sgd", "--lr", "0.02"],   # sync's function, split
+    "tensor-slicing": ["--optimizer", "sgd", "--lr", "0.02"],
 }
 
 
@@ -70,13 +73,13 @@ def images_per_second(summary, n_train):
     return images / seconds, seconds
 
 
-def run_to_target(strategy, workers, limit, eval_limit, max_epochs, ckpt):
+def run_to_target(strategy, workers, limit, eval_limit, max_epochs, ckpt, extra=()):
     """Train epoch by epoch; (per-epoch [(images/s, seconds, accuracy)], time to target)."""
     epochs, elapsed, to_target = [], 0.0, None
     for e in range(1, max_epochs + 1):
         argv = ["train", "mnist", "--strategy", strategy, "--workers", str(workers),
                 "--limit", str(limit), "--eval-limit", str(eval_limit), "--epochs", str(e),
-                "--seed", "0", "--save", ckpt, "--json", *OPTIONS[strategy]]
+                "--seed", "0", "--save", ckpt, "--json", *OPTIONS[strategy], *extra]
         if e > 1:
             argv += ["--resume", ckpt]
         s = train_json(argv)
@@ -116,3 +119,29 @@ def test_scaling(benchmark, strategy, workers, tmp_path):
            epochs_to_target=len(epochs) if result["to_target"] is not None else None,
            test_accuracy=epochs[-1][2], target_accuracy=TARGET)
     assert 0.0 <= epochs[-1][2] <= 1.0
+
+
+@pytest.mark.benchmark(group="scaling-threads")
+def test_one_core_reference(benchmark, tmp_path):
+    """The ceiling: one sync worker on one core (--threads 1). N workers on C cores can at
+    best run C times its images/s; a single worker with all C cores already gets part of
+    that from its parallel kernels, so the speedup of N workers over one worker is at
+    most C x (this rate) / (one worker's rate on all cores). `minigrad plot` draws the
+    ceiling as a dashed line."""
+    smoke = benchmark.disabled
+    limit = SMOKE_LIMIT if smoke else LIMIT
+    eval_limit = SMOKE_LIMIT if smoke else EVAL_LIMIT
+    ckpt = str(tmp_path / "run.npz")
+    result = {}
+
+    def run():
+        result["epochs"], _ = run_to_target("sync", 1, limit, eval_limit, 1, ckpt,
+                                            extra=("--threads", "1"))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    ips, seconds, acc = result["epochs"][0]
+    record(benchmark, strategy="sync", workers=1, comm="threads", reference="one-core",
+           cores=threads.host_cores(), thread_plan=threads.plan(1, cores=1).as_dict(),
+           task="mnist", n_train=limit, epochs_run=1, images_per_second=limit / seconds,
+           test_accuracy=acc)
+    assert ips > 0

@@ -102,12 +102,16 @@ Figures of one results file:
   training     time per run / per step and (where recorded) test accuracy, minigrad per
                algorithm vs PyTorch, one column per task
   dgc          test accuracy and bytes sent against gradient sparsity, per strategy
-  distributed  seconds per step and MB sent per step per strategy (group
-               "distributed-step-threads": extra_info strategy, seconds_per_step,
-               bytes_per_step)
-  scaling      images/s against workers per strategy, and training seconds to the target
+  distributed  how training scales with workers, per epoch (bench/test_bench_scaling.py):
+               images/s against workers per strategy, and training seconds to the target
                accuracy (group "scaling-threads": extra_info strategy, workers,
-               images_per_second, time_to_target_s, cores); the title gives the cores
+               images_per_second, time_to_target_s, cores); the title gives the cores. A
+               record with reference "one-core" (one worker on one core) draws the ceiling
+               cores x its images/s: what N workers could reach with no loss at all
+  distributed-step  seconds per step and MB sent per step per strategy (group
+               "distributed-step-threads": extra_info strategy, seconds_per_step,
+               bytes_per_step); per step, so strategies whose steps hold different numbers
+               of images do not compare: "distributed" is the fair one
   split        per worker against the number of workers, one colour per strategy (data
                parallel "sync", "model-parallel", "tensor-slicing"): the model state
                (parameters and optimizer state, stacked bars), the activations (and the
@@ -156,11 +160,11 @@ NUMERIC_KEYS = ("flops", "gflops", "sgemm_gflops", "workspace_bytes", "num_worke
                 "peak_bytes_per_worker", "moved_per_step_per_worker",
                 "sent_per_step_per_worker", "halo_bytes_per_step_per_worker")
 FIGURES = ("speedup", "gflops", "workspace", "loader", "training", "dgc", "distributed",
-           "scaling")
+           "distributed-step")
 SCRIPT_FIGURES = {"split": "split-memory"}  # figure: the group of its own results file
 FAST_BACKENDS = ("numba", "cupy")      # the speed contenders; numpy is the reference
 STALE_FORMATS = ("png", "svg", "pdf")  # deleted for a skipped figure, with the requested ones
-STRATEGY_ORDER = ("sync", "hogwild", "async", "dgc")
+STRATEGY_ORDER = ("sync", "hogwild", "async", "dgc", "model-parallel", "tensor-slicing")
 PYTORCH_COLOR = "0.2"
 MIB = 2.0 ** 20
 
@@ -839,6 +843,8 @@ def fig_scaling(records, info=None):
     rs = [r for r in records if r["group"] == SCALING_GROUP and "strategy" in r["extra"]
           and _number(r["extra"].get("workers"))
           and _number(r["extra"].get("images_per_second"))]
+    refs = [r for r in rs if r["extra"].get("reference") == "one-core"]
+    rs = [r for r in rs if r not in refs]
     if not rs:
         return (f"no records of group {SCALING_GROUP!r} with extra_info strategy, workers "
                 "and images_per_second")
@@ -865,7 +871,14 @@ def fig_scaling(records, info=None):
         for a in (a1, a2):
             a.axvspan(first - 0.5, len(ticks) - 0.5, color="0.9", zorder=0,
                       label=f"more workers than cores ({cores[0]})" if a is a1 else None)
-    a1.set_ylim(0, max(r["extra"]["images_per_second"] for r in rs) * 1.2)
+    top_ips = max(r["extra"]["images_per_second"] for r in rs)
+    for r in refs[:1]:  # the ceiling: every core as fast as one worker alone on one core
+        c = int(r["extra"].get("cores") or 1)
+        ceiling = c * r["extra"]["images_per_second"]
+        a1.axhline(ceiling, color="0.4", ls="--", lw=1,
+                   label=f"ceiling: {c} x one worker on one core ({ceiling:,.0f})")
+        top_ips = max(top_ips, ceiling)
+    a1.set_ylim(0, top_ips * 1.2)
     a1.set_ylabel("images per second (all workers together)")
     a1.set_title("Training throughput (higher is better)", fontsize=10)
     a1.legend(title="strategy", fontsize=8)
@@ -1210,7 +1223,7 @@ def fig_split(records, info=None):
 
 DRAW = {"speedup": fig_speedup, "gflops": fig_gflops, "workspace": fig_workspace,
         "loader": fig_loader, "training": fig_training, "dgc": fig_dgc,
-        "distributed": fig_distributed, "scaling": fig_scaling, "split": fig_split}
+        "distributed": fig_scaling, "distributed-step": fig_distributed, "split": fig_split}
 
 
 # --------------------------------------------------------------------------- comparing runs

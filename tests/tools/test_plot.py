@@ -251,6 +251,22 @@ def test_scaling_shows_images_per_second_and_time_to_target(loaded):
                for t in a1.get_legend().get_texts())
 
 
+def test_scaling_draws_the_one_core_ceiling(tmp_path):
+    ref = _record("test_one_core_reference", "scaling-threads", 50.0, strategy="sync",
+                  workers=1, reference="one-core", cores=2, images_per_second=700.0,
+                  n_train=12000)
+    doc = json.loads(FIXTURE.read_text())
+    doc["benchmarks"] = SCALING_RECORDS + [ref]
+    f = tmp_path / "scaling.json"
+    f.write_text(json.dumps(doc))
+    recs, info = plot.read(f)
+    fig = plot.fig_scaling(recs, info)
+    a1 = fig.axes[0]
+    labels = [t.get_text() for t in a1.get_legend().get_texts()]
+    assert any(t.startswith("ceiling: 2 x one worker on one core (1,400)") for t in labels)
+    assert _lines(a1)["sync"] == pytest.approx(SCALING_IPS["sync"])  # not a sync point
+
+
 def test_scaling_is_skipped_without_its_group(loaded):
     recs, info = loaded
     why = plot.fig_scaling([r for r in recs if r["group"] != "scaling-threads"], info)
@@ -267,8 +283,9 @@ def test_missing_data_is_skipped_with_a_note(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skipped loader: no records of group 'loader'" in out
     assert "skipped dgc: no records with extra_info strategy and sparsity" in out
-    assert "skipped distributed: no records with extra_info strategy and seconds_per_step" \
-        in out
+    assert "skipped distributed-step: no records with extra_info strategy and " \
+        "seconds_per_step" in out
+    assert "skipped distributed: no records of group 'scaling-threads'" in out
     assert "stale" not in out                          # nothing was there to delete
     assert f"wrote {tmp_path / 'figs' / 'speedup.png'}" in out
     assert not (tmp_path / "figs" / "loader.png").exists()
@@ -289,7 +306,7 @@ def test_a_skipped_figure_leaves_no_stale_file(tmp_path, capsys):
     assert "skipped dgc: no records with extra_info strategy and sparsity" in printed
     assert "deleted the stale dgc.png, dgc.svg of an earlier run" in printed
     assert not (out / "dgc.png").exists() and not (out / "dgc.svg").exists()
-    assert (out / "distributed.svg").exists()          # drawn figures' files are kept
+    assert (out / "distributed-step.svg").exists()     # drawn figures' files are kept
 
 
 def _write(tmp_path, text, name="bad.json"):
