@@ -322,7 +322,9 @@ def backward_windows(dy, x, w, padding, need_dx, dx, parts):
     dypacks = np.zeros((parts, panels(m, nra) * ho * wp), dtype=dt)
     dwt_parts = np.empty((parts, ckk, m), dtype=dt)
     lead = (kh - 1) * wp + kw - 1  # dz: a zero margin before dy ...
-    lz = lead + (ph + h) * wp + vl  # ... and after it, in every channel's row of dz
+    # ... and after it, in every channel's row of dz: room for dy's Ho rows (Ho > ph + H
+    # when ph >= KH, e.g. a 1x1 kernel with padding 1) and for the windows read past them
+    lz = lead + max(ph + h, ho) * wp + vl
     if need_dx:
         dtab = _dz_rows(m, kh, kw, wp, ph, lead, lz)
         w2pack = np.empty(panels(c, mr) * m * kh * kw, dtype=dt)

@@ -422,7 +422,9 @@ def _backward_numba_windows(dy, x, w, padding, parts):
     mra, nra = tile_shape(dt, "rows")  # the dW GEMMs' tile: A's rows read in place
     offs = _tap_tables(c, kh, kw, hp, wp, panels(c, mra))
     lead = (kh - 1) * wp + kw - 1       # dz: a zero margin before dy ...
-    lz = lead + (ph + h) * wp + vl      # ... and after it, in every channel's row of dz
+    # ... and after it, in every channel's row of dz: room for dy's Ho rows (Ho > ph + H
+    # when ph >= KH, e.g. a 1x1 kernel with padding 1) and for the windows read past them
+    lz = lead + max(ph + h, ho) * wp + vl
     dtabs = np.empty((kh * kw, m), dtype=np.int64)
     w2packs = np.empty((kh * kw, panels(c, mr) * m), dtype=dt)
     for i in range(kh):

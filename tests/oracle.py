@@ -229,6 +229,10 @@ CONV_CASES = [
     C(3, 1, 6, 5, 1, 2, 3, (3, 2), (1, 0)),       # one channel, one filter
     C(4, 8, 12, 12, 8, 3, 3, 2, 1),
     C(1, 1, 1, 1, 1, 1, 1),                       # everything 1
+    # padding >= kernel at stride 1 with C >= 8 (im2col's and kn2row-aa's "windows" dx
+    # GEMM): dy has more rows than ph + H, which overran their dz buffer (heap corruption)
+    C(2, 16, 5, 7, 16, 1, 1, 1, 2),               # 1x1 kernel, padding 2
+    C(2, 16, 4, 5, 9, 3, 3, 1, 3),                # 3x3 kernel, padding 3
 ]
 
 # The CUDA grid, shared by test_cuda_emulate.py (kernels run on the CPU, one thread at a
