@@ -38,6 +38,8 @@ im2col_fused.py packs its own operands, or reads them in place by row tables):
     tile_shape(dtype, a_mode)  (MR, NR), "packed" or "rows" (A read in place)
     pack_a, pack_b          packing (pack.py)
     macro_kernel, macro_kernel_rows_a, macro_kernel_rows_b   loops 2-1 (macro.py)
+    macro_kernel_taps       loops 2-1 over several products, each added into C at its own
+                            offset from the register tile (a fused shift-add: kn2row, kn2col)
     split_bounds(total, parts, align)   cut points of a range, one part per thread
     scratch_tiles(dtype, parts)         one MR x NR scratch tile per part
 
@@ -59,6 +61,7 @@ from .macro import (
     macro_kernel,
     macro_kernel_rows_a,
     macro_kernel_rows_b,
+    macro_kernel_taps,
 )
 from .microkernel import make_microkernel, tile_of
 from .pack import pack_a, pack_b, panels
@@ -66,8 +69,9 @@ from .pack import pack_a, pack_b, panels
 __all__ = [
     "BLOCKING", "DOT_KC", "HAS_AVX512", "ISA", "ISAS", "MODE", "MODES", "Isa", "available",
     "blocking", "gemm", "gemm_info", "isa", "macro_kernel", "macro_kernel_rows_a",
-    "macro_kernel_rows_b", "make_microkernel", "matmul", "pack_a", "pack_b", "panels", "plan",
-    "scratch_tiles", "set_isa", "split_bounds", "supported", "tile_shape", "uses_numba",
+    "macro_kernel_rows_b", "macro_kernel_taps", "make_microkernel", "matmul", "pack_a",
+    "pack_b", "panels", "plan", "scratch_tiles", "set_isa", "split_bounds", "supported",
+    "tile_shape", "uses_numba",
 ]
 
 HAS_AVX512 = "avx512" in supported()

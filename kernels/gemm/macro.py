@@ -12,6 +12,9 @@ than MR rows or NR columns) is computed into a scratch tile by the narrowest ker
 covers it, and only its valid part is added to C. macro_kernel_rows_a / _rows_b are loops
 2-1 with one operand read in place through a row table instead of packed (kernels/
 im2col_fused.py: a stride-1 patch matrix whose rows are windows of the padded image).
+macro_kernel_taps is loops 2-1 over several products at once, each added into C at its own
+offset straight from the register tile (kernels/kn2row.py and kn2col.py: the shift-add of a
+convolution's taps, fused into the GEMM's write-out).
 
 Every function takes the ISA first (kernels/gemm/isa.py): it picks the micro-kernels at
 compile time. kernels/gemm/reference.py is the same loops in plain Numba, scalar.
@@ -161,6 +164,60 @@ def macro_kernel_rows_a(isa, k, a, a_tab, bpack, c, m, n, accumulate, mr, nr, kc
                 else:
                     MICRO_ROWS_A(isa, kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
                 store_tile(tf, nr, c, i_r, j_r, rows, cols, add)
+
+
+@njit(cache=True, nogil=True)
+def add_tile(tf, ld, cf, off, ldc, rows, cols):
+    """cf[off + i*ldc + j] += tf[i*ld + j] for i < rows, j < cols (a flat C and scratch tile)."""
+    for i in range(rows):
+        for j in range(cols):
+            cf[off + i * ldc + j] += tf[i * ld + j]
+
+
+@njit(cache=True, nogil=True)
+def macro_kernel_taps(isa, k, apack, a_offs, bpack, b_offs, c, c_offs, m, n, mr, nr, kc_max,
+                      tile):
+    """For every tap t < len(c_offs), C_t += A_t @ B_t, each product added into C at its own
+    offset straight from the register tile (a shift-add fused into the write-out):
+        A_t (m x k)  packed over its whole depth k at apack[a_offs[t]:], as macro_kernel's A
+        B_t (k x n)  packed over its whole depth k at bpack[b_offs[t]:], as macro_kernel's B
+        C_t[i, j]    = c.ravel()[c_offs[t] + i*ldc + j],  ldc = c.shape[1]
+    Taps may share an operand (equal offsets) and their C_t may overlap (the caller zeroes C
+    first: this always accumulates). Every offset must be >= 0 and C_t's last element,
+    c_offs[t] + (m-1)*ldc + n-1, inside c: full tiles write exactly NR columns, edge tiles
+    only their valid part. Loop order: column panel, tap, row panel, so one B micro-panel
+    (shared B) or one tap's columns of C stay in L1 across the taps. (MR, NR) =
+    tile_shape(dtype); tile is an MR x NR scratch."""
+    ldc = c.shape[1]
+    cf = c.ravel()
+    tf = tile.ravel()
+    vl = lanes(isa, tile)
+    for pc in range(0, k, kc_max):
+        kc = min(kc_max, k - pc)
+        for j_r in range(0, n, nr):
+            cols = min(nr, n - j_r)
+            nv = -(-cols // vl)
+            exact = nv * vl == cols  # whole vectors: a narrow kernel can write C directly
+            for t in range(c_offs.shape[0]):
+                b_off = b_offs[t] + (j_r // nr) * k * nr + pc * nr
+                for i_r in range(0, m, mr):
+                    a_off = a_offs[t] + (i_r // mr) * k * mr + pc * mr
+                    rows = min(mr, m - i_r)
+                    off = c_offs[t] + i_r * ldc + j_r
+                    if rows == mr and cols == nr:
+                        MICRO(isa, kc, apack, a_off, bpack, b_off, cf, off, ldc, True)
+                    elif rows == mr and exact and nv == 1:
+                        MICRO_1(isa, kc, apack, a_off, bpack, b_off, cf, off, ldc, True)
+                    elif rows == mr and exact and nv == 2:
+                        MICRO_2(isa, kc, apack, a_off, bpack, b_off, cf, off, ldc, True)
+                    else:
+                        if nv == 1:
+                            MICRO_1(isa, kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
+                        elif nv == 2:
+                            MICRO_2(isa, kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
+                        else:
+                            MICRO(isa, kc, apack, a_off, bpack, b_off, tf, 0, nr, False)
+                        add_tile(tf, nr, cf, off, ldc, rows, cols)
 
 
 @njit(cache=True, nogil=True)

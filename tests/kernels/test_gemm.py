@@ -172,3 +172,58 @@ def test_reference_gemm_matches_numpy(shape, dtype):
     tol = 1e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(reference.gemm_reference(a, b), a.astype(np.float64) @ b,
                                rtol=tol, atol=tol * np.sqrt(k))
+
+
+TAPS_SHAPES = [  # m, n, k, taps: one tile, edges (1-, 2-vector and scratch), depth blocks
+    (8, 48, 16, 1), (13, 37, 5, 3), (9, 10, 1, 9), (64, 224, 32, 9), (30, 100, 900, 2),
+    (3, 20, 40, 4), (32, 32, 1, 9), (840, 32, 1, 9), (16, 64, 3, 5),
+]
+
+
+@pytest.mark.parametrize("isa", G.supported())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", TAPS_SHAPES)
+def test_macro_kernel_taps(monkeypatch, isa, shape, dtype):
+    """macro_kernel_taps: several products, each added into C at its own (overlapping)
+    offset; per-tap A with a shared B, and a shared A with per-tap B; every ISA."""
+    monkeypatch.setattr(G, "MODE", "numba")
+    old = G.set_isa(isa)
+    try:
+        m, n, k, taps = shape
+        blk = G.blocking(dtype)
+        mr, nr, kc = blk["mr"], blk["nr"], blk["kc"]
+        rng = np.random.default_rng(m + n + k + taps)
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-11,
+                                                                          atol=1e-12)
+        tol["atol"] *= np.sqrt(k) * taps
+        a = rng.standard_normal((taps, m, k)).astype(dtype)
+        b = rng.standard_normal((taps, k, n)).astype(dtype)
+        pa, pb = G.panels(m, mr) * k, G.panels(n, nr) * k
+        apack = np.zeros(taps * pa, dtype)
+        bpack = np.zeros(taps * pb, dtype)
+        for t in range(taps):
+            G.pack_a(a[t], False, 0, m, 0, k, mr, apack[t * pa:])
+            G.pack_b(b[t], False, 0, k, 0, n, nr, bpack[t * pb:])
+        ldc = n + 7
+        c_offs = rng.integers(0, 3 * ldc, taps).astype(np.int64)  # overlapping shifts
+        rows = m + 4
+        tile = np.zeros((mr, nr), dtype)
+        for shared in ("b", "a"):
+            a_offs = np.arange(taps, dtype=np.int64) * pa if shared == "b" else np.zeros(
+                taps, np.int64)
+            b_offs = np.arange(taps, dtype=np.int64) * pb if shared == "a" else np.zeros(
+                taps, np.int64)
+            c = rng.standard_normal((rows, ldc)).astype(dtype)
+            want = c.astype(np.float64).ravel()
+            for t in range(taps):
+                at = a[t] if shared == "b" else a[0]
+                bt = b[t] if shared == "a" else b[0]
+                prod = at.astype(np.float64) @ bt
+                for i in range(m):
+                    o = c_offs[t] + i * ldc
+                    want[o:o + n] += prod[i]
+            G.macro_kernel_taps(G.isa(), k, apack, a_offs, bpack, b_offs, c, c_offs, m, n,
+                                mr, nr, kc, tile)
+            np.testing.assert_allclose(c.ravel(), want, **tol)
+    finally:
+        G.set_isa(old)
