@@ -39,9 +39,13 @@ transposed):
 Backward: Wc, dP, a dWc accumulator and one per-image dWc:
     itemsize * KH*KW*Cout * (3*Cin + H*W).
 
-NumPy reference and Numba side by side; the Numba shift-add is one fused pass per chunk of
-images (prange over (image, output row): each iteration owns its row of every channel),
-summing the K*K M-vectors in a small row buffer before writing them out channel-major.
+NumPy reference and Numba side by side. Numba, stride 1 ("fused", the last section): the
+shift-add happens in the GEMM's write-out, each tap's tiles (rows = pixels, columns =
+output channels) added into a channels-last extended output at the tap's row offset, which
+the crop writes back channel-major; the backward is kn2row's fused one (dP read in place).
+Otherwise: per image on kernels.gemm's loops, or a chunk of images and one fused shift-add
+pass per chunk (prange over (image, output row): each iteration owns its row of every
+channel), summing the K*K M-vectors in a small row buffer before writing them channel-major.
 """
 import numpy as np
 
@@ -52,6 +56,7 @@ from .gemm import (
     blocking,
     isa,
     macro_kernel,
+    macro_kernel_taps,
     matmul,
     pack_a,
     pack_b,
@@ -59,7 +64,16 @@ from .gemm import (
     scratch_tiles,
     split_bounds,
 )
-from .kn2row import SMALL_C, chunk_images, per_image_threads
+from .kn2row import (
+    SMALL_C,
+    backward_fused,
+    chunk_images,
+    fused_geometry,
+    fused_parts,
+    fused_workspace_bytes,
+    pad_image,
+    per_image_threads,
+)
 
 
 def kernel_matrix_t(w):
@@ -229,6 +243,9 @@ def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
     n, c, h, wd = x_shape
     m, _, kh, kw = w_shape
     dtype = np.float32 if itemsize == 4 else np.float64
+    parts = fused_parts(x_shape, w_shape, stride, padding, dtype)
+    if parts:
+        return fused_workspace_bytes(x_shape, w_shape, padding, itemsize, parts, True)
     parts = per_image_threads(n, dtype) if c > SMALL_C else 0
     if not parts:
         return kn2row.workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize)
@@ -241,6 +258,9 @@ def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
 
 def forward_numba(x, w, stride, padding):
     n, c, h, wd = x.shape
+    parts = fused_parts(x.shape, w.shape, stride, padding, x.dtype)
+    if parts:
+        return _forward_fused(x, w, padding, parts)
     parts = per_image_threads(n, x.dtype) if c > SMALL_C else 0
     if parts:
         return _forward_per_image(x, w, stride, padding, parts)
@@ -266,6 +286,9 @@ def forward_numba(x, w, stride, padding):
 
 def backward_numba(dy, x, w, stride, padding):
     n, c, h, wd = x.shape
+    parts = fused_parts(x.shape, w.shape, stride, padding, x.dtype)
+    if parts:
+        return backward_fused(dy, x, w, padding, parts)
     parts = per_image_threads(n, x.dtype) if c > SMALL_C else 0
     if parts:
         return _backward_per_image(dy, x, w, stride, padding, parts)
@@ -395,3 +418,82 @@ def _backward_per_image(dy, x, w, stride, padding, parts):
     dwc = dwc_parts.sum(axis=0)
     dw = np.ascontiguousarray(dwc.reshape(c, kh, kw, m).transpose(3, 0, 1, 2))
     return dx, dw
+
+
+# --------------------------------------------------------------------------------------------
+# Numba, stride 1: the shift-add fused into the GEMM's write-out (see the note in kn2row.py)
+# --------------------------------------------------------------------------------------------
+# kn2row's fused forward, transposed: the output is extended and CHANNELS-LAST, y_ext^T
+# (L x M, output pixel (oh, ow) at row lead + oh*Wp + ow), and tap (i, j)'s partials for input
+# pixel q (the M-vector of P's row q) land on row q + s_ij of it, straight from the register
+# tile: rows of the tile are pixels, columns output channels. A = x[n]^T over the padded width
+# (H*Wp x C, packed once per image) is shared by the taps; B_ij = Wc's M columns of tap (i, j)
+# (C x M), packed once per call. The crop writes y[n] channel-major from y_ext^T: the layout
+# change of the result, folded into the copy that drops the extra columns, as the chunked
+# path's shift-add does. With C < MR the taps are folded into the depth instead (kn2row's
+# _forward_folded, shared). The backward is kn2row's (backward_fused): once dP is read in
+# place and never stored, its layout, the one thing that told the two apart, is gone.
+# Workspace of the forward (T threads):
+#     K*K * ceil(M/NR)*NR * C                          each tap's weights, packed as B
+#     + T * (C*H*Wp + ceil(H*Wp/MR)*MR * C + L*M)      xpadw, its packed transpose, y_ext^T
+
+
+@njit(cache=True, nogil=True)
+def _crop_ext_t(yext_t, lead, wp, y, n):
+    """y[n, m, oh, ow] = y_ext^T[lead + oh*Wp + ow, m]."""
+    _, m, ho, wo = y.shape
+    yf = y.ravel()
+    ef = yext_t.ravel()
+    for oh in range(ho):
+        for mm in range(m):
+            d = uintp(((n * m + mm) * ho + oh) * wo)
+            s = uintp((lead + oh * wp) * m + mm)
+            for ow in range(wo):
+                yf[d + uintp(ow)] = ef[s + uintp(ow * m)]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_fused_images(g, x, wpacks, a_offs, b_offs, c_offs, pw, lead, y, bounds, xpads,
+                          apacks, yexts, mr, nr, kc, tiles):
+    """Thread t, for its images n: y_ext^T = sum over taps of x^T @ Wc_ij, each tap's tiles
+    added at its row shift (macro_kernel_taps), then y[n] = y_ext^T cropped, channel-major."""
+    _, c, h, wd = x.shape
+    m = y.shape[1]
+    wp = wd + 2 * pw
+    for t in prange(bounds.shape[0] - 1):
+        ef = yexts[t].ravel()
+        for n in range(bounds[t], bounds[t + 1]):
+            pad_image(x, n, 0, pw, xpads[t].ravel())
+            pack_a(xpads[t], True, 0, h * wp, 0, c, mr, apacks[t])       # A = xpadw^T
+            for e in range(ef.shape[0]):
+                ef[e] = 0.0
+            macro_kernel_taps(g, c, apacks[t], a_offs, wpacks, b_offs, yexts[t], c_offs,
+                              h * wp, m, mr, nr, kc, tiles[t])
+            _crop_ext_t(yexts[t], lead, wp, y, n)
+
+
+def _forward_fused(x, w, padding, parts):
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    dt = x.dtype
+    blk = blocking(dt)
+    mr, nr = blk["mr"], blk["nr"]
+    if c < mr:
+        return kn2row._forward_folded(x, w, padding, parts)
+    wp, ho, lead, length, shifts = fused_geometry(h, wd, kh, kw, padding)
+    taps = kh * kw
+    pb = panels(m, nr) * c
+    wc = kernel_matrix_t(w)
+    wpacks = np.empty(taps * pb, dtype=dt)
+    for t in range(taps):                                  # B_ij = Wc[:, tap ij] (C x M)
+        pack_b(wc, False, 0, c, t * m, m, nr, wpacks[t * pb:])
+    del wc  # a temporary: gone before the per-thread buffers (workspace_bytes_numba)
+    xpads = np.zeros((parts, c, h * wp), dtype=dt)
+    apacks = np.empty((parts, panels(h * wp, mr) * c), dtype=dt)
+    yexts = np.empty((parts, length, m), dtype=dt)
+    y = np.empty((n, m, ho, wp - kw + 1), dtype=dt)
+    _forward_fused_images(isa(), x, wpacks, np.zeros(taps, np.int64),
+                          np.arange(taps, dtype=np.int64) * pb, shifts * m, padding[1], lead,
+                          y, split_bounds(n, parts, 1), xpads, apacks, yexts, mr, nr,
+                          blk["kc"], scratch_tiles(dt, parts))
+    return y

@@ -43,10 +43,16 @@ Workspace (bytes, itemsize = 4 for float32), what forward really allocates besid
 Backward allocates Wk, dP (same size as P), and two KH*KW*Cout x Cin buffers (the dWk
 accumulator and one per-image GEMM result): itemsize * KH*KW*Cout * (3*Cin + H*W).
 
-The NumPy functions are the readable reference; the Numba ones run the same GEMMs through
-NumPy's BLAS, stacked over a chunk of images, and replace the K*K slice-adds (and the
-backward gather) by one fused, parallel pass per chunk over independent output planes (see
-the note above forward_numba's kernels; its partial holds a chunk of images, not one).
+The NumPy functions are the readable reference. The Numba ones take one of three paths:
+  - stride 1 ("fused", the last section): the shift-add happens in the GEMM's write-out, each
+    tap's register tiles added into an extended output at the tap's offset, so the partial
+    maps never exist; the backward reads dP = S^T(dy) in place through a table of row
+    offsets instead of gathering it. Workspace: per thread a width-padded image and one
+    extended output (MNIST conv2, 2 threads: 0.31 MiB), formulas in that section.
+  - threads taking whole images whose partial maps fit L2 (kernels.gemm's loops, per image);
+  - otherwise the GEMMs on a chunk of images and one parallel shift-add (or gather) pass per
+    chunk over independent output planes (the note above forward_numba's kernels).
+workspace_bytes counts the NumPy reference's buffers, workspace_bytes_numba the Numba path's.
 """
 import numba
 import numpy as np
@@ -57,14 +63,19 @@ from .gemm import (
     blocking,
     isa,
     macro_kernel,
+    macro_kernel_rows_a,
+    macro_kernel_rows_b,
+    macro_kernel_taps,
     matmul,
     pack_a,
     pack_b,
     panels,
     scratch_tiles,
     split_bounds,
+    tile_shape,
     uses_numba,
 )
+from .windows import crop, spread_dy
 
 
 def kernel_matrix(w):
@@ -163,6 +174,9 @@ def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
     n, _, h, wd = x_shape
     m, c, kh, kw = w_shape
     dtype = np.float32 if itemsize == 4 else np.float64
+    parts = fused_parts(x_shape, w_shape, stride, padding, dtype)
+    if parts:
+        return fused_workspace_bytes(x_shape, w_shape, padding, itemsize, parts, False)
     parts = _per_image_parts(x_shape, w_shape, dtype)
     if parts:
         blk = blocking(dtype)
@@ -293,6 +307,9 @@ def forward_numba(x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
+    parts = fused_parts(x.shape, w.shape, stride, padding, x.dtype)
+    if parts:
+        return _forward_fused(x, w, padding, parts)
     parts = _per_image_parts(x.shape, w.shape, x.dtype)
     if parts:
         return _forward_per_image(x, w, stride, padding, parts)
@@ -315,6 +332,9 @@ def backward_numba(dy, x, w, stride, padding):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
+    parts = fused_parts(x.shape, w.shape, stride, padding, x.dtype)
+    if parts:
+        return backward_fused(dy, x, w, padding, parts)
     parts = _per_image_parts(x.shape, w.shape, x.dtype)
     if parts:
         return _backward_per_image(dy, x, w, stride, padding, parts)
@@ -483,4 +503,308 @@ def _backward_per_image(dy, x, w, stride, padding, parts):
                      mr, nr, blk["kc"], scratch_tiles(dt, parts))
     dwk = dwk_parts.sum(axis=0)
     dw = np.ascontiguousarray(dwk.reshape(kh, kw, m, c).transpose(2, 3, 0, 1))
+    return dx, dw
+
+
+# --------------------------------------------------------------------------------------------
+# Numba, stride 1: the shift-add fused into the GEMM's write-out (shared with kn2col)
+# --------------------------------------------------------------------------------------------
+# The per-image path above writes one image's K*K partial maps (MNIST conv2: 441 KiB) and reads
+# them back in the shift-add; its backward gathers dP (as big), then packs it twice. Profile,
+# MNIST conv2, one thread, all 64 images: forward GEMM 5.3 ms + shift-add 3.3 ms; backward
+# gather 3.9 + packing dP 3.1 + GEMMs 10.3 ms: 40% of the time moved partial maps around.
+# At stride 1 none of those buffers is needed:
+#
+#   forward  Lay the image out over the padded WIDTH (C x H*Wp, xpadw: pw zeros at both ends
+#            of every row) and the output over an extended grid of Wp-wide rows, y_ext
+#            (M x L, output pixel (oh, ow) at column lead + oh*Wp + ow; ow >= Wo are extra
+#            columns, dropped by the crop). Then tap (i, j)'s partial at input pixel
+#            q = ih*Wp + iw' lands on output column q + s_ij, s_ij = (ph - i)*Wp - j, for
+#            every q: no clipping is needed, because a partial that belongs to no output
+#            falls into an extra column (iw' - j < 0 wraps to the previous row's last KW-1)
+#            or into the margins of y_ext (lead columns before, enough after). So
+#                y_ext[:, lead + s_ij + q] += (W_ij @ xpadw)[:, q]     for every tap
+#            is ONE macro-kernel call (kernels.gemm.macro_kernel_taps) whose register tiles
+#            are added into y_ext at the tap's offset as they leave the registers: the
+#            partial maps never exist. B (xpadw, packed once per image) is shared by the
+#            K*K taps; A is the tap's M x C weights, packed once per call.
+#   dx       = Wk^T @ dP, with dP = S^T(dy) never gathered: dP[(ij, m), q] =
+#            dz[m*lz + lead_z + q + s_ij], where dz is dy spread over Wp-wide rows with zero
+#            margins (windows.spread_dy). The GEMM reads dP's rows through a table of those
+#            offsets (macro_kernel_rows_b, depth K*K*M): no gather, no dP, no packing. Fewer
+#            input channels than MR (a first layer): a direct loop (_dx_small_c) instead, as
+#            the GEMM would compute MR rows for every one it keeps.
+#   dW       dW_ij = dP_ij @ x^T = dY @ S_ij(x)^T: the same sum with the shift moved onto x,
+#            dWk^T[(ij, c), m] = sum_o xpad[c, o + i*Wp + j] * dY_ext[m, o]: A's rows read in
+#            place in the zero-padded image (macro_kernel_rows_a), B = dy[n]^T packed once
+#            (_pack_dy_t), depth Ho*Wp. (dP @ x^T would have C columns: a fraction of the
+#            64-wide tile for C < 64, a sixty-fourth for a first layer.)
+#   C < MR   The forward's K = C is then too short: every tile would be a read-modify-write
+#            of y_ext for one or two multiply-adds. The taps are folded into the depth
+#            instead (_forward_folded: y_ext = W_fold @ S(x), depth K*K*C, the shifted rows
+#            of the zero-padded image read in place), so each tile is written once.
+#
+# Threads take whole images as in the per-image path; each writes only its own images' y /
+# dx and sums its own dW. Taken at stride 1 when the KW-1 extra columns are at most a third
+# of Wp, whatever the image size: nothing K*K times bigger than the image is held.
+# Workspace of the forward (T threads):
+#     K*K * ceil(M/MR)*MR * C                          the weights, one packed A per tap
+#     + T * (C*H*Wp + ceil(H*Wp/NR)*NR * C + M*L)      xpadw, its packed copy, y_ext
+#     L = lead + max(H + ph, Ho) * Wp,  lead = max(0, (KH-1-ph)*Wp + KW-1)
+# (MNIST conv2, 2 threads: 0.31 MiB against the per-image path's 0.99 MiB); C < MR:
+#     ceil(M/MR)*MR * K*K*C + T * (C*Hp*Wp + KW + VL + M*Ho*Wp).
+# The backward holds per thread xpad (C*Hp*Wp + KW + VL), the packed dY_ext^T, dz (M rows of
+# lz numbers), dx_ext (C*H*Wp) and a dW^T sum (K*K*C x M), plus Wk^T packed once (C >= MR).
+
+
+def fused_parts(x_shape, w_shape, stride, padding, dtype):
+    """Threads for the fused stride-1 path, or 0 when it does not apply."""
+    wp = x_shape[3] + 2 * padding[1]
+    if tuple(stride) != (1, 1) or 3 * (w_shape[3] - 1) > wp:
+        return 0
+    return per_image_threads(x_shape[0], dtype)
+
+
+def fused_geometry(h, wd, kh, kw, padding):
+    """(Wp, Ho, lead, L, shifts): y_ext's layout; shifts[i*KW + j] = lead + (ph - i)*Wp - j is
+    where tap (i, j) writes the partial of input column 0 (all >= 0)."""
+    ph, pw = padding
+    wp, ho = wd + 2 * pw, h + 2 * ph - kh + 1
+    lead = max(0, (kh - 1 - ph) * wp + kw - 1)
+    length = lead + max(h + ph, ho) * wp
+    shifts = (lead + (ph - np.arange(kh)[:, None]) * wp - np.arange(kw)).ravel()
+    return wp, ho, lead, length, shifts.astype(np.int64)
+
+
+def fused_workspace_bytes(x_shape, w_shape, padding, itemsize, parts, transposed):
+    """The fused forward's buffers (the note above); `transposed`: kn2col's (packed tiles
+    the other way round: x^T in MR panels, each tap's weights in NR panels)."""
+    _, c, h, wd = x_shape
+    m, _, kh, kw = w_shape
+    blk = blocking(np.float32 if itemsize == 4 else np.float64)
+    wp, ho, _, length, _ = fused_geometry(h, wd, kh, kw, padding)
+    if c < blk["mr"]:  # taps folded into the depth
+        hp = h + 2 * padding[0]
+        return itemsize * (panels(m, blk["mr"]) * kh * kw * c
+                           + parts * (c * hp * wp + kw + blk["vl"] + m * ho * wp))
+    mr, nr = (blk["nr"], blk["mr"]) if transposed else (blk["mr"], blk["nr"])
+    return itemsize * (kh * kw * panels(m, mr) * c
+                       + parts * (c * h * wp + panels(h * wp, nr) * c + m * length))
+
+
+@njit(cache=True, nogil=True)
+def _crop_ext(yext, lead, wp, y, n):
+    """y[n, m, oh, ow] = y_ext[m, lead + oh*Wp + ow]."""
+    _, m, ho, wo = y.shape
+    yf = y.ravel()
+    ef = yext.ravel()
+    ld = yext.shape[1]
+    for mm in range(m):
+        for oh in range(ho):
+            s = uintp(mm * ld + lead + oh * wp)
+            d = uintp(((n * m + mm) * ho + oh) * wo)
+            for ow in range(wo):
+                yf[d + uintp(ow)] = ef[s + uintp(ow)]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_fused_images(g, x, wpacks, a_offs, b_offs, c_offs, pw, lead, y, bounds, xpads,
+                          bpacks, yexts, mr, nr, kc, tiles):
+    """Thread t, for its images n: y_ext = sum over taps of W_ij @ xpadw, each tap's tiles
+    added at its shift (macro_kernel_taps), then y[n] = y_ext cropped."""
+    _, c, h, wd = x.shape
+    m = y.shape[1]
+    wp = wd + 2 * pw
+    for t in prange(bounds.shape[0] - 1):
+        ef = yexts[t].ravel()
+        for n in range(bounds[t], bounds[t + 1]):
+            pad_image(x, n, 0, pw, xpads[t].ravel())
+            pack_b(xpads[t], False, 0, c, 0, h * wp, nr, bpacks[t])
+            for e in range(ef.shape[0]):
+                ef[e] = 0.0
+            macro_kernel_taps(g, c, wpacks, a_offs, bpacks[t], b_offs, yexts[t], c_offs, m,
+                              h * wp, mr, nr, kc, tiles[t])
+            _crop_ext(yexts[t], lead, wp, y, n)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_folded_images(g, x, wpack, tab, ph, pw, y, bounds, xpads, yexts, mr, nr, kc,
+                           tiles):
+    """Thread t, for its images n: y_ext (M x Ho*Wp) = W_fold @ B, B's row (ij, c) read in
+    place in the zero-padded image from c*Hp*Wp + i*Wp + j; y[n] = y_ext cropped."""
+    m, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    wp = x.shape[3] + 2 * pw
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            pad_image(x, n, ph, pw, xpads[t])
+            macro_kernel_rows_b(g, tab.shape[0], wpack, xpads[t], tab, yexts[t], m, ho * wp,
+                                False, mr, nr, kc, tiles[t])
+            crop(yexts[t], wp, 0, m * ho, wo, y, n)
+
+
+def _forward_folded(x, w, padding, parts):
+    """The fused forward for C < MR: the taps folded into the GEMM's depth (the note above)."""
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    ph, pw = padding
+    dt = x.dtype
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    ho, wo = hp - kh + 1, wp - kw + 1
+    blk = blocking(dt)
+    mr, nr, vl = blk["mr"], blk["nr"], blk["vl"]
+    kkc = kh * kw * c
+    wpack = np.empty(panels(m, mr) * kkc, dtype=dt)        # A[m, (ij, c)] = w[m, c, i, j]
+    pack_a(np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(m, kkc), False, 0, m, 0, kkc,
+           mr, wpack)
+    xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
+    yexts = np.empty((parts, m, ho * wp), dtype=dt)
+    y = np.empty((n, m, ho, wo), dtype=dt)
+    _forward_folded_images(isa(), x, wpack, _x_rows(c, kh, kw, hp, wp, 1), ph, pw, y,
+                           split_bounds(n, parts, 1), xpads, yexts, mr, nr, blk["kc"],
+                           scratch_tiles(dt, parts))
+    return y
+
+
+def _x_rows(c, kh, kw, hp, wp, rows):
+    """Row (ij, c) of the zero-padded image seen as a matrix of windows: c*Hp*Wp + i*Wp + j,
+    padded with its last entry to whole panels of `rows`."""
+    tap_off = (np.arange(kh)[:, None] * wp + np.arange(kw)).ravel()
+    tab = (tap_off[:, None] + np.arange(c) * (hp * wp)).ravel().astype(np.int64)
+    return np.concatenate([tab, np.full(panels(tab.size, rows) - tab.size, tab[-1])])
+
+
+def _forward_fused(x, w, padding, parts):
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    dt = x.dtype
+    if c < blocking(dt)["mr"]:
+        return _forward_folded(x, w, padding, parts)
+    wp, ho, lead, length, shifts = fused_geometry(h, wd, kh, kw, padding)
+    blk = blocking(dt)
+    mr, nr = blk["mr"], blk["nr"]
+    taps = kh * kw
+    pa = panels(m, mr) * c
+    wk = kernel_matrix(w)
+    wpacks = np.empty(taps * pa, dtype=dt)
+    for t in range(taps):                                  # A_ij = W_ij (M x C), packed
+        pack_a(wk, False, t * m, m, 0, c, mr, wpacks[t * pa:])
+    del wk  # a temporary: gone before the per-thread buffers (workspace_bytes_numba)
+    xpads = np.zeros((parts, c, h * wp), dtype=dt)
+    bpacks = np.empty((parts, panels(h * wp, nr) * c), dtype=dt)
+    yexts = np.empty((parts, m, length), dtype=dt)
+    y = np.empty((n, m, ho, wd + 2 * padding[1] - kw + 1), dtype=dt)
+    _forward_fused_images(isa(), x, wpacks, np.arange(taps, dtype=np.int64) * pa,
+                          np.zeros(taps, np.int64), shifts, padding[1], lead, y,
+                          split_bounds(n, parts, 1), xpads, bpacks, yexts, mr, nr, blk["kc"],
+                          scratch_tiles(dt, parts))
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _dx_small_c(wk, dz, dtab, dxext):
+    """dx_ext[c] = sum_r Wk[r, c] * dz[dtab[r]:][:H*Wp]: Wk^T @ dP for a few channels, as
+    vectorised row updates, four rows of dP per pass over the dx row (in L1)."""
+    kkm, c_in = wk.shape
+    q_len = dxext.shape[1]
+    df = dxext.ravel()
+    for c in range(c_in):
+        row = uintp(c * q_len)
+        for q in range(q_len):
+            df[row + uintp(q)] = 0.0
+        r4 = kkm - kkm % 4
+        for r in range(0, r4, 4):
+            w0, w1, w2, w3 = wk[r, c], wk[r + 1, c], wk[r + 2, c], wk[r + 3, c]
+            b0, b1 = uintp(dtab[r]), uintp(dtab[r + 1])
+            b2, b3 = uintp(dtab[r + 2]), uintp(dtab[r + 3])
+            for q in range(q_len):
+                u = uintp(q)
+                df[row + u] += (w0 * dz[b0 + u] + w1 * dz[b1 + u]) + (
+                    w2 * dz[b2 + u] + w3 * dz[b3 + u])
+        for r in range(r4, kkm):
+            wv = wk[r, c]
+            base = uintp(dtab[r])
+            for q in range(q_len):
+                df[row + uintp(q)] += wv * dz[base + uintp(q)]
+
+
+@njit(cache=True, nogil=True)
+def _pack_dy_t(dy, n, wp, nr, bpack):
+    """windows.pack_dy_t's B = dY_ext^T (Ho*Wp x M, packed in panels of NR channels), read
+    channel by channel (contiguous reads, stores NR apart): the transpose costs a few cycles
+    an element instead of a strided gather. Extra columns and channels past M stay zero."""
+    _, m_out, ho, wo = dy.shape
+    k = ho * wp
+    dyf = dy.ravel()
+    for mm in range(m_out):
+        q, j = mm // nr, mm % nr
+        src = uintp((n * m_out + mm) * ho * wo)
+        for oh in range(ho):
+            d = uintp((q * k + oh * wp) * nr + j)
+            s = src + uintp(oh * wo)
+            for ow in range(wo):
+                bpack[d + uintp(ow * nr)] = dyf[s + uintp(ow)]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _backward_fused_images(g, dy, x, wk, wktpack, xtab, dtab, ph, pw, lead, lz, dx, dwt_parts,
+                           small, bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc,
+                           tiles):
+    """Thread t, for its images n: dWk^T_t += S(x[n]) @ dY_ext^T; dx[n] = Wk^T @ dP, dP's
+    rows read in place in dz."""
+    c, h, wd = x.shape[1], x.shape[2], x.shape[3]
+    m, ho = dy.shape[1], dy.shape[2]
+    kkc = dwt_parts.shape[1]
+    wp = wd + 2 * pw
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            pad_image(x, n, ph, pw, xpads[t])
+            _pack_dy_t(dy, n, wp, nra, dypacks[t])
+            macro_kernel_rows_a(g, ho * wp, xpads[t], xtab, dypacks[t], dwt_parts[t], kkc, m,
+                                n > bounds[t], mra, nra, kc, tiles[t])
+            spread_dy(dy, n, wp, lead, lz, dzs[t])
+            if small:
+                _dx_small_c(wk, dzs[t], dtab, dxexts[t])
+            else:
+                macro_kernel_rows_b(g, dtab.shape[0], wktpack, dzs[t], dtab, dxexts[t], c,
+                                    h * wp, False, mr, nr, kc, tiles[t])
+            crop(dxexts[t], wp, pw, c * h, wd, dx, n)
+
+
+def backward_fused(dy, x, w, padding, parts):
+    """(dx, dw) on the fused stride-1 path (kn2row's and kn2col's: with dP never stored, its
+    layout, the one difference between the two, is gone)."""
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    ph, pw = padding
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    ho = dy.shape[2]
+    dt = x.dtype
+    blk = blocking(dt)
+    mr, nr, vl = blk["mr"], blk["nr"], blk["vl"]
+    mra, nra = tile_shape(dt, "rows")
+    taps, kkm = kh * kw, kh * kw * m
+    xtab = _x_rows(c, kh, kw, hp, wp, mra)  # A of the dW GEMM: windows of xpad, in place
+    # dP's rows in dz: row (ij, m) = dz[m*lz + lead + (ph - i)*Wp - j:]
+    lead = (kh - 1) * wp + kw - 1
+    lz = lead + max(ph + h, ho) * wp + vl    # dy's rows (ph + h: the reads of dx's last row)
+    shift = (ph * wp - np.arange(kh)[:, None] * wp - np.arange(kw)).ravel()
+    dtab = (shift[:, None] + lead + np.arange(m) * lz).ravel().astype(np.int64)
+    wk = kernel_matrix(w)
+    small = c < mr
+    wktpack = np.empty(0 if small else panels(c, mr) * kkm, dtype=dt)
+    if not small:
+        pack_a(wk, True, 0, c, 0, kkm, mr, wktpack)        # A = Wk^T (C x K*K*M)
+    xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
+    dypacks = np.zeros((parts, panels(m, nra) * ho * wp), dtype=dt)
+    dzs = np.zeros((parts, m * lz), dtype=dt)
+    dxexts = np.empty((parts, c, h * wp), dtype=dt)
+    dwt_parts = np.empty((parts, taps * c, m), dtype=dt)
+    dx = np.empty_like(x)
+    _backward_fused_images(isa(), dy, x, wk, wktpack, xtab, dtab, ph, pw, lead, lz, dx,
+                           dwt_parts, small, split_bounds(n, parts, 1), xpads, dypacks, dzs,
+                           dxexts, mr, nr, mra, nra, blk["kc"], scratch_tiles(dt, parts))
+    dwt = dwt_parts[0]
+    for t in range(1, parts):
+        dwt += dwt_parts[t]
+    dw = np.ascontiguousarray(dwt.reshape(kh, kw, c, m).transpose(3, 2, 0, 1))
     return dx, dw

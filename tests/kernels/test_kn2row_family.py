@@ -13,6 +13,7 @@ import numpy as np
 import oracle
 import pytest
 from hypothesis import given, settings
+from minigrad.kernels import gemm as G
 
 pytest.importorskip("torch")
 
@@ -108,3 +109,35 @@ def test_kn2row_aa_workspace_is_small_on_mnist_conv2():
     assert aa == 4 * 64 * (14 * 14 + 32)
     assert aa < 0.26 * im2col_per_image
     assert aa < kn2row / 8
+
+
+# --------------------------------------------------------------------------- fused stride 1
+@pytest.mark.parametrize("isa", G.supported())
+@pytest.mark.parametrize("name", ["kn2row", "kn2col"])
+@pytest.mark.parametrize("xs,ws,padding", [
+    ((4, 9, 12, 10), (20, 9, 3, 3), (1, 1)),    # C >= MR: the taps' tiles shift-added
+    ((3, 2, 11, 9), (5, 2, 3, 2), (2, 0)),      # C < MR: taps folded into the depth
+    ((2, 12, 5, 6), (9, 12, 1, 3), (2, 2)),     # padding past the kernel: wide margins
+])
+def test_fused_stride1_path_every_isa(monkeypatch, isa, name, xs, ws, padding):
+    """The stride-1 fused path (shift-add in the GEMM's write-out, dP read in place) on every
+    micro-kernel this CPU runs, float32 and float64, against PyTorch."""
+    kn2row = _mod("kn2row")
+    monkeypatch.setattr(G, "MODE", "numba")
+    old = G.set_isa(isa)
+    try:
+        mod = _mod(name)
+        for dtype in oracle.DTYPES:
+            assert kn2row.fused_parts(xs, ws, (1, 1), padding, dtype)
+            rng = np.random.default_rng(7)
+            x = rng.standard_normal(xs).astype(dtype)
+            w = rng.standard_normal(ws).astype(dtype)
+            y = mod.forward_numba(x, w, (1, 1), padding)
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            dx, dw = mod.backward_numba(dy, x, w, (1, 1), padding)
+            y_ref, dx_ref, dw_ref = oracle.torch_conv(x, w, dy, (1, 1), padding)
+            oracle.assert_close(y, y_ref, f"y, {name}/{isa}", dtype)
+            oracle.assert_close(dx, dx_ref, f"dx, {name}/{isa}", dtype)
+            oracle.assert_close(dw, dw_ref, f"dw, {name}/{isa}", dtype)
+    finally:
+        G.set_isa(old)
