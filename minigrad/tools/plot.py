@@ -37,16 +37,19 @@ from extra_info, with these keys (the bench suites record them with
                                 backend is "torch", else "minigrad")
   layer                 str     conv layer name, e.g. "mnist-conv1"          speedup, gflops,
   algo                  str     kernels.ALGORITHMS name ("im2col", ...);        workspace,
-                                for pytorch records anything (ignored)       training
-  backend               str     "numpy" / "numba" / "cupy" (minigrad)        speedup, gflops
+                                for pytorch records anything (ignored)       tradeoff, training
+  backend               str     "numpy" / "numba" / "cupy" (minigrad)        speedup, gflops,
+                                                                             tradeoff
   device                str     "cpu" / "cuda": PyTorch baselines are per device
   dtype                 str     e.g. "float32" (conv titles; default float32)
-  pass                  str     "forward" or "forward+backward"              speedup, gflops
+  pass                  str     "forward" or "forward+backward"              speedup, gflops,
+                                                                             tradeoff
                                 (also read: key pass_, values "fwd"/"fwdbwd")
   flops                 number  floating-point operations of one call        gflops, layer order
   gflops                number  flops / time / 1e9 (used when flops is absent)  gflops
   sgemm_gflops          number  NumPy's sgemm GFLOP/s, same run (a yardstick)  gflops
-  workspace_bytes       int     kernels.workspace_bytes(algo, ...) (minigrad)  workspace
+  workspace_bytes       int     kernels.workspace_bytes(algo, ...) (minigrad)  workspace,
+                                                                             tradeoff
   num_workers           int     data-loader threads (groups "loader",            loader
                                 "loader-normalize", "loader-augment", "loader-stall-*")
   transform             str     the loader's batch transform, one series each  loader
@@ -95,6 +98,12 @@ Figures of one results file:
                and NumPy's sgemm measured in the same run as a yardstick line (labelled with
                its BLAS kernels; minigrad's own GEMM can beat it, so it is no ceiling)
   workspace    lowering workspace per algorithm and layer (MiB, log scale)
+  tradeoff     time against workspace, one panel per layer: each algorithm one point at its
+               forward workspace (MiB, log scale; a 0, e.g. direct, in a grey strip at the
+               left edge, tick "0") and its forward+backward time (ms; forward where a layer
+               has no forward+backward records; log scale when the slowest is over 4x the
+               fastest), for the same backends as speedup (NumPy left out), and PyTorch's time
+               as a dashed line (PyTorch has no workspace figure). Lower left is better
   loader       loader throughput (batches/s) against num_workers, one line per engine
                (group "loader") or per transform (groups "loader-normalize",
                "loader-augment"); with groups "loader-stall-*", a second panel: the share
@@ -159,8 +168,8 @@ NUMERIC_KEYS = ("flops", "gflops", "sgemm_gflops", "workspace_bytes", "num_worke
                 "optimizer_bytes_per_worker", "activation_bytes_per_worker",
                 "peak_bytes_per_worker", "moved_per_step_per_worker",
                 "sent_per_step_per_worker", "halo_bytes_per_step_per_worker")
-FIGURES = ("speedup", "gflops", "workspace", "loader", "training", "dgc", "distributed",
-           "distributed-step")
+FIGURES = ("speedup", "gflops", "workspace", "tradeoff", "loader", "training", "dgc",
+           "distributed", "distributed-step")
 SCRIPT_FIGURES = {"split": "split-memory"}  # figure: the group of its own results file
 FAST_BACKENDS = ("numba", "cupy")      # the speed contenders; numpy is the reference
 STALE_FORMATS = ("png", "svg", "pdf")  # deleted for a skipped figure, with the requested ones
@@ -542,11 +551,11 @@ def _conv_panels(records):
     return [r for r in mg if _backend(r["extra"]) in shown], torch, shown, omitted
 
 
-def _omitted_note(omitted):
+def _omitted_note(omitted, what="one bar per algorithm"):
     if not omitted:
         return ""
     names = ", ".join("NumPy" if b == "numpy" else b for b in omitted)
-    return (f"one bar per algorithm; {names} backend not shown (a readable reference, "
+    return (f"{what}; {names} backend not shown (a readable reference, "
             "not a speed contender)")
 
 
@@ -720,6 +729,220 @@ def fig_workspace(records, info=None):
     ax.legend(fontsize=8)
     _title(fig, "Lowering workspace per algorithm and layer (kernels.workspace_bytes, MiB)",
            _context(info, used, dtype=True), info=info)
+    return fig
+
+
+TRADEOFF_LOG_SPREAD = 4.0   # time axis on a log scale when slowest / fastest exceeds this
+
+
+def _tradeoff_panel(recs, torch):
+    """One tradeoff panel's data from the minigrad records of one backend, device and layer
+    (each with workspace_bytes): the pass drawn (forward+backward where recorded, else
+    forward), {algo: (workspace MiB, record of that pass)}, the algorithms without a record
+    of that pass, and PyTorch's record of the same layer, pass and device (or None)."""
+    p = ("forward+backward" if any(r["extra"]["pass"] == "forward+backward" for r in recs)
+         else "forward")
+    ws, rec = {}, {}
+    for r in recs:
+        e = r["extra"]
+        algo = str(e.get("algo", "?"))
+        ws[algo] = max(ws.get(algo, 0.0), e["workspace_bytes"] / MIB)
+        if e["pass"] == p:
+            rec[algo] = r
+    algos = sorted(ws, key=_algo_key)
+    points = {a: (ws[a], rec[a]) for a in algos if a in rec}
+    e = recs[0]["extra"]
+    base = [t for t in torch if t["extra"]["layer"] == e["layer"]
+            and t["extra"]["pass"] == p and _device(t["extra"]) == _device(e)]
+    return p, points, [a for a in algos if a not in rec], min(base, key=lambda t: t["time"],
+                                                               default=None)
+
+
+def _log_ticks(lo, hi):
+    """Major ticks for a log axis from lo to hi: the decades, or 1-2-5 when fewer than two
+    decades fall inside."""
+    import numpy as np
+
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for subs in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        ticks = [m * 10.0 ** d for d in decades for m in subs]
+        ticks = [t for t in ticks if lo <= t <= hi * (1 + 1e-9)]
+        if len(ticks) >= 2:
+            return ticks
+    return list(np.geomspace(lo, hi, 3))
+
+
+def _place_labels(ax, points, edge=(), fontsize=8):
+    """Name each point, {label: (x, y) in data}, beside it, to its right (to its left near
+    the right edge), nudging labels up so that none overlaps another or a text already
+    written at the right edge just above height y (`edge`: (text, y, fontsize) each). Call
+    after the layout is final: the nudges are in points of the drawn axes."""
+    to_frac = ax.transScale + ax.transLimits
+    box = ax.get_position()
+    fig = ax.get_figure()
+    w_pt = box.width * fig.get_figwidth() * 72
+    h_pt = box.height * fig.get_figheight() * 72
+    gap, height = 5.0 / w_pt, fontsize * 1.25 / h_pt
+    placed = [(1 - (len(text) * size * 0.58 + 3) / w_pt, to_frac.transform((1, y))[1],
+               1.0, to_frac.transform((1, y))[1] + (size * 1.25 + 2) / h_pt)
+              for text, y, size in edge]
+    mx, my = 4.5 / w_pt, 4.5 / h_pt                   # the markers: not to be covered
+    placed += [(fx - mx, fy - my, fx + mx, fy + my)
+               for fx, fy in (to_frac.transform(xy) for xy in points.values())]
+
+    def free(x0, y0, x1, y1):
+        return 0 <= x0 and x1 <= 1 and 0 <= y0 and y1 <= 1 and not any(
+            x0 < bx1 and bx0 < x1 and y0 < by1 and by0 < y1 for bx0, by0, bx1, by1 in placed)
+
+    for label, (x, y) in sorted(points.items(), key=lambda kv: to_frac.transform(kv[1])[1]):
+        fx, fy = to_frac.transform((x, y))
+        width = len(label) * fontsize * 0.58 / w_pt
+        sides = (True, False) if fx + gap + width < 0.98 else (False, True)
+        # beside the point, else ever further above or below it, right side first
+        tries = [(k * sign * height * 0.6, right) for k in range(40) for sign in (1, -1)
+                 for right in sides]
+        for dy, right in tries + [(0.0, sides[0])]:
+            x0 = fx + gap if right else fx - gap - width
+            box = (x0, fy + dy - height / 2, x0 + width, fy + dy + height / 2)
+            if free(*box):
+                break
+        placed.append(box)
+        dy *= h_pt
+        shifted = abs(dy) > fontsize * 0.6
+        ann = ax.annotate(label, (x, y), xytext=(5 if right else -5, dy),
+                          textcoords="offset points", ha="left" if right else "right",
+                          va="center", fontsize=fontsize, color="0.1",
+                          arrowprops=dict(arrowstyle="-", lw=0.6, color="0.45",
+                                          shrinkA=0, shrinkB=3) if shifted else None,
+                          bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none",
+                                    alpha=0.75))
+        ann.set_in_layout(False)
+
+
+def fig_tradeoff(records, info=None):
+    """Time against workspace, one panel per layer: each algorithm one point."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    mg, torch, shown, omitted = _conv_panels(records)
+    mg = [r for r in mg if _number(r["extra"].get("workspace_bytes"))]
+    if not mg:
+        return ("no minigrad conv records with extra_info workspace_bytes, layer and pass "
+                "(forward or forward+backward)")
+    groups = defaultdict(list)
+    for r in mg:
+        e = r["extra"]
+        groups[(_backend(e), _device(e), e["layer"])].append(r)
+    rows = [(b, d) for b in shown for d in sorted({k[1] for k in groups if k[0] == b})]
+    layers = _layers(records, {k[2] for k in groups})
+    stat, whisk = _stat_words(mg)
+    plt = _plt()
+    fig, axes = plt.subplots(len(rows), len(layers), squeeze=False, layout="constrained",
+                             figsize=(max(4.6 * len(layers), 12.4), 4.3 * len(rows) + 1.9))
+    labels, edge, used, passes = {}, {}, list(mg), set()
+    for (b, d), row in zip(rows, axes, strict=True):
+        for layer, ax in zip(layers, row, strict=True):
+            if (b, d, layer) not in groups:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"{layer}: no {b} records", ha="center",
+                        transform=ax.transAxes)
+                continue
+            p, points, missing, base = _tradeoff_panel(groups[(b, d, layer)], torch)
+            passes.add(p)
+            nonzero = [w for w, _ in points.values() if w > 0] or [1.0]
+            lo, hi = min(nonzero), max(nonzero)
+            zero = any(w == 0 for w, _ in points.values())
+            x0 = 10 ** (math.log10(lo) - 0.65)           # where a 0 workspace is drawn
+            sep = 10 ** (math.log10(lo) - 0.35)
+            left = 10 ** (math.log10(lo) - (0.9 if zero else 0.3))
+            right = 10 ** (math.log10(hi) + 0.3)
+            times = []
+            for a, (w, r) in points.items():
+                x = w if w > 0 else x0
+                y, ylo, yhi = r["time"] * 1e3, r["lo"] * 1e3, r["hi"] * 1e3
+                ax.plot([x], [y], "o", ms=7, color=_color(a), mec="black", mew=0.5,
+                        label=a, zorder=3)
+                ax.errorbar([x], [y], yerr=[[max(y - ylo, 0)], [max(yhi - y, 0)]],
+                            fmt="none", ecolor=_color(a), elinewidth=1, capsize=2, zorder=2)
+                labels.setdefault(ax, {})[a] = (x, y)
+                times += [y, ylo, yhi]
+            if base is not None:
+                t = base["time"] * 1e3
+                ax.axhline(t, color=PYTORCH_COLOR, lw=1.3, ls="--",
+                           label="PyTorch (workspace not reported)", zorder=1)
+                times.append(t)
+                used.append(base)
+            ax.set_xscale("log")
+            ax.set_xlim(left, right)
+            ticks = _log_ticks(sep if zero else left, right)
+            minor = [m * 10.0 ** dd for dd in range(math.floor(math.log10(left)) - 1,
+                                                      math.ceil(math.log10(right)) + 1)
+                     for m in range(1, 10)]
+            minor = [v for v in minor if (sep if zero else left) < v < right
+                     and not any(math.isclose(v, tk) for tk in ticks)]
+            ax.xaxis.set_major_locator(FixedLocator(([x0] if zero else []) + ticks))
+            ax.xaxis.set_major_formatter(FuncFormatter(
+                lambda v, _, x0=x0, z=zero: "0" if z and math.isclose(v, x0) else f"{v:g}"))
+            ax.xaxis.set_minor_locator(FixedLocator(minor))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            if zero:                                   # log scale: 0 gets a strip
+                ax.axvspan(left, sep, color="0.92", zorder=0)
+                ax.axvline(sep, color="0.6", lw=0.8, ls=":", zorder=0)
+            tlo, thi = min([v for v in times if v > 0] or [1e-3]), max(times)
+            if thi / tlo > TRADEOFF_LOG_SPREAD:
+                ax.set_yscale("log")
+                ax.set_ylim(tlo / 10 ** 0.08, thi * 10 ** 0.12)
+                ax.yaxis.set_major_locator(FixedLocator(_log_ticks(tlo / 10 ** 0.08,
+                                                                   thi * 10 ** 0.12)))
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
+                scale = "log scale"
+            else:
+                ax.set_ylim(0, thi * 1.12)
+                scale = "linear scale"
+            if base is not None:                       # PyTorch's time, at the right edge
+                text = f"PyTorch {t:.3g} ms"
+                ax.annotate(text, (1, t), xycoords=ax.get_yaxis_transform(), xytext=(-3, 2),
+                            textcoords="offset points", ha="right", va="bottom",
+                            fontsize=7.5, color=PYTORCH_COLOR).set_in_layout(False)
+                edge[ax] = [(text, t, 7.5)]
+            ax.grid(which="major", alpha=0.3)
+            ax.set_axisbelow(True)
+            title = f"{layer}, {p}" + (f" · {b} backend ({d})" if len(rows) > 1 else "")
+            if p == "forward":
+                title += "\n(no forward+backward records: forward only)"
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("forward workspace (MiB, log scale"
+                          + ("; grey strip: 0, none)" if zero else ")"), fontsize=9)
+            ax.set_ylabel(f"{stat} {p} time (ms, {scale})", fontsize=9)
+            notes = []
+            if base is None:
+                notes.append("no PyTorch record")
+            if missing:
+                notes.append(f"no {p} record: {', '.join(missing)}")
+            if notes:
+                ax.text(0.99, 0.01, "; ".join(notes), transform=ax.transAxes, fontsize=7,
+                        ha="right", va="bottom", color="0.35")
+    handles = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    algos = sorted((k for k in handles if not k.startswith("PyTorch")), key=_algo_key)
+    order = algos + [k for k in handles if k.startswith("PyTorch")]
+    _bottom_legend(fig, [handles[k] for k in order], order, ncols=min(len(order), 8),
+                   fontsize=8, numpoints=1)
+    backends = ", ".join(f"{b} backend" for b in dict.fromkeys(b for b, _ in rows))
+    what = "forward+backward" if passes == {"forward+backward"} else "/".join(
+        q for q in PASSES if q in passes)
+    note = (_omitted_note(omitted, f"one point per algorithm, {backends}")
+            or f"one point per algorithm, {backends}")
+    note += "\nlower left is better: faster and less workspace" + (
+        f"; whiskers: {whisk} of the times" if whisk else "")
+    _title(fig, f"Convolution time against workspace per layer: {stat} {what} time vs "
+                "forward workspace (kernels.workspace_bytes)",
+           _context(info, used, dtype=True), note, info)
+    fig.draw_without_rendering()                       # final layout: place the labels
+    for ax, pts in labels.items():
+        _place_labels(ax, pts, edge.get(ax, ()))
     return fig
 
 
@@ -1222,6 +1445,7 @@ def fig_split(records, info=None):
 
 
 DRAW = {"speedup": fig_speedup, "gflops": fig_gflops, "workspace": fig_workspace,
+        "tradeoff": fig_tradeoff,
         "loader": fig_loader, "training": fig_training, "dgc": fig_dgc,
         "distributed": fig_scaling, "distributed-step": fig_distributed, "split": fig_split}
 
@@ -1689,7 +1913,8 @@ def add_parser(subparsers):
     """Register `minigrad plot` on an argparse subparsers object."""
     p = subparsers.add_parser(
         "plot", help="draw benchmark figures, comparisons of runs, and training curves",
-        description="One pytest-benchmark JSON: speedup, GFLOP/s, workspace, loader, "
+        description="One pytest-benchmark JSON: speedup, GFLOP/s, workspace, time vs "
+                    "workspace (tradeoff), loader, "
                     "training, DGC, distributed and scaling figures (bench/split_memory.py's "
                     "file: the split figure). Two or more: each benchmark "
                     "group's times side by side, file against file. Training logs "

@@ -101,7 +101,7 @@ def test_every_figure_says_what_it_ran_on_and_from_which_commit(loaded, name):
     fig = plot.DRAW[name](recs, info)
     title = fig.get_suptitle()
     assert "CPU: fixture CPU, 2 logical CPUs" in title
-    if name in ("speedup", "gflops", "workspace"):
+    if name in ("speedup", "gflops", "workspace", "tradeoff"):
         assert "float32" in title
     footer = plot.footer_of(fig)                       # the fixture ran on a dirty tree
     assert "source: bench_results_small.json" in footer and "commit 0000000" in footer
@@ -208,6 +208,114 @@ def _lines(ax):
     """{label: y values} of the lines with a legend label on an axis."""
     return {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()
             if not ln.get_label().startswith("_")}
+
+
+def _points(ax):
+    """{label: (x, y)} of the single-point markers with a legend label on an axis."""
+    return {ln.get_label(): (ln.get_xdata()[0], ln.get_ydata()[0]) for ln in ax.get_lines()
+            if not ln.get_label().startswith("_") and len(ln.get_xdata()) == 1}
+
+
+def _conv_record(layer, p, seconds, algo="direct", workspace=0):
+    return _record(f"test_conv[{layer}-{p}-{algo}]", f"conv-{layer}-{p}", seconds,
+                   engine="minigrad", backend="numba", algo=algo, layer=layer, device="cpu",
+                   workspace_bytes=workspace, **{"pass": p})
+
+
+def test_tradeoff_puts_each_algorithm_at_its_workspace_and_time(loaded):
+    recs, info = loaded
+    fig = plot.fig_tradeoff(recs, info)
+    assert len(fig.axes) == 2                          # one panel per layer, in FLOPs order
+    for ax, layer in zip(fig.axes, ("conv1", "conv2"), strict=True):
+        assert ax.get_title() == f"{layer}, forward+backward"
+        want = {r["extra"]["algo"]: (r["extra"]["workspace_bytes"] / 2**20, r["time"] * 1e3)
+                for r in recs if r["extra"].get("layer") == layer
+                and r["extra"]["engine"] == "minigrad" and r["extra"]["backend"] == "numba"
+                and r["extra"]["pass"] == "forward+backward"}
+        points = _points(ax)
+        assert set(points) == set(want) == {"im2col", "im2row", "kn2row", "kn2row-aa",
+                                            "kn2col"}  # numba only: no NumPy point
+        for algo, (x, y) in want.items():
+            assert points[algo] == pytest.approx((x, y))
+            line = next(ln for ln in ax.get_lines() if ln.get_label() == algo)
+            assert line.get_color() == plot._color(algo)
+        torch = _time(recs, layer, "forward+backward", "pytorch") * 1e3
+        assert _lines(ax)["PyTorch (workspace not reported)"] == pytest.approx([torch] * 2)
+        assert f"PyTorch {torch:.3g} ms" in [t.get_text() for t in ax.texts]
+        assert set(want) <= {t.get_text() for t in ax.texts}      # every point named
+        assert ax.get_xscale() == "log" and "workspace (MiB" in ax.get_xlabel()
+        assert ax.get_yscale() == "linear"             # the times differ by under 4x
+        assert "median forward+backward time (ms" in ax.get_ylabel()
+    title = fig.get_suptitle()
+    assert "time vs forward workspace" in title and "NumPy backend not shown" in title
+
+
+def test_tradeoff_labels_do_not_overlap(loaded):
+    recs, info = loaded
+    fig = plot.fig_tradeoff(recs, info)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent() for t in ax.texts]
+        assert len(boxes) == 6                         # five algorithms and PyTorch
+        for i, a in enumerate(boxes):
+            assert not any(a.overlaps(b) for b in boxes[i + 1:])
+
+
+def test_tradeoff_draws_no_workspace_at_a_labelled_left_edge(tmp_path):
+    doc = json.loads(FIXTURE.read_text())
+    doc["benchmarks"] += [_conv_record(layer, p, 0.05)   # numba direct: 0 bytes, slow
+                          for layer in ("conv1", "conv2")
+                          for p in ("forward", "forward+backward")]
+    recs, info = plot.read(_write(tmp_path, doc, "direct.json"))
+    fig = plot.fig_tradeoff(recs, info)
+    ax = fig.axes[0]
+    points = _points(ax)
+    x, y = points["direct"]
+    assert y == pytest.approx(50.0)
+    assert x < min(px for a, (px, _) in points.items() if a != "direct")
+    assert ax.get_xlim()[0] < x                        # inside the axes, at the left edge
+    fig.canvas.draw()
+    labels = {t.get_position()[0]: t.get_text() for t in ax.get_xticklabels()}
+    assert [t for v, t in labels.items() if v == pytest.approx(x)] == ["0"]   # tick "0"
+    assert list(labels.values()).count("0") == 1
+    assert "grey strip: 0, none" in ax.get_xlabel()
+    assert ax.get_yscale() == "log"                    # 50 ms against 6 ms: over 4x
+
+
+def test_tradeoff_falls_back_to_forward(loaded):
+    recs, info = loaded
+    fwd = [r for r in recs if not (r["extra"].get("layer") == "conv2"
+                                   and r["extra"].get("pass") == "forward+backward")]
+    fig = plot.fig_tradeoff(fwd, info)
+    a1, a2 = fig.axes
+    assert a1.get_title() == "conv1, forward+backward"
+    assert a2.get_title().startswith("conv2, forward\n(no forward+backward records")
+    assert _points(a2)["kn2row"][1] == pytest.approx(
+        _time(recs, "conv2", "forward", "kn2row", "numba") * 1e3)
+    torch = _time(recs, "conv2", "forward", "pytorch") * 1e3
+    assert _lines(a2)["PyTorch (workspace not reported)"] == pytest.approx([torch] * 2)
+    assert "forward time (ms" in a2.get_ylabel()
+    assert "forward+backward/forward" not in fig.get_suptitle()
+    assert "median forward/forward+backward time" in fig.get_suptitle()
+
+
+def test_tradeoff_is_skipped_without_workspace_and_its_old_files_deleted(tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert _cli(["plot", str(FIXTURE), "--out", str(out)]) == 0
+    assert (out / "tradeoff.png").exists() and (out / "tradeoff.svg").exists()
+    doc = json.loads(FIXTURE.read_text())
+    for b in doc["benchmarks"]:
+        b["extra_info"].pop("workspace_bytes", None)
+    f = tmp_path / "no_workspace.json"
+    f.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert _cli(["plot", str(f), "--out", str(out), "--format", "png"]) == 0
+    printed = capsys.readouterr().out
+    assert ("skipped tradeoff: no minigrad conv records with extra_info workspace_bytes, "
+            "layer and pass (forward or forward+backward); deleted the stale tradeoff.png, "
+            "tradeoff.svg of an earlier run") in printed
+    assert not (out / "tradeoff.png").exists() and not (out / "tradeoff.svg").exists()
+    assert (out / "speedup.png").exists()              # drawn figures' files are kept
 
 
 def test_loader_has_a_line_per_transform_and_a_stall_panel(loaded):
