@@ -43,7 +43,7 @@ from .gemm import (
 from .gemm import (
     isa as gemm_isa,
 )
-from .windows import crop, pack_dy_t, spread_dy
+from .windows import crop, pack_dy_t, pad_image, spread_dy
 
 # --------------------------------------------------------------------------- packed: any stride
 # The "packed" path (any stride; stride 1 usually takes "windows", below; _numba_path picks)
@@ -113,21 +113,6 @@ def col2im_image(dcols, n, kh, kw, sh, sw, ph, pw, ho, wo, dx):
 
 
 @njit(cache=True, nogil=True)
-def _pad_image(x, n, ph, pw, xpad):
-    """The interior of xpad (C, Hp, Wp) = x[n]; its zero border is written once, by the caller."""
-    _, c_in, h, wd = x.shape
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    xf = x.ravel()
-    xpf = xpad.ravel()
-    for c in range(c_in):
-        for ih in range(h):
-            src = uintp(((n * c_in + c) * h + ih) * wd)
-            dst = uintp((c * hp + ih + ph) * wp + pw)
-            for iw in range(wd):
-                xpf[dst + uintp(iw)] = xf[src + uintp(iw)]
-
-
-@njit(cache=True, nogil=True)
 def _lower_packed(xpad, off, base, nr, bpack):
     """B = cols (CKK x HoWo) as the GEMM packs it: bpack[q, r, j] = cols[r, q*NR + j]."""
     xpf = xpad.ravel()
@@ -168,7 +153,7 @@ def _forward_images(isa, x, wpack, off, base, ph, pw, y, bounds, xpads, bpacks, 
     ckk = off.shape[0]
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
-            _pad_image(x, n, ph, pw, xpads[t])
+            pad_image(x, n, ph, pw, xpads[t])
             _lower_packed(xpads[t], off, base, nr, bpacks[t])
             macro_kernel(isa, ckk, wpack, bpacks[t], y[n], 0, m, 0, hw, False, mr, nr, kc,
                          tiles[t])
@@ -184,7 +169,7 @@ def _backward_images(isa, dy, x, wtpack, off, base, kh, kw, sh, sw, ph, pw, dx, 
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             dy_n = dy[n].reshape(m, hw)
-            _pad_image(x, n, ph, pw, xpads[t])
+            pad_image(x, n, ph, pw, xpads[t])
             _lower_packed_t(xpads[t], off, base, nr, colpacks[t])        # B = cols^T
             pack_a(dy_n, False, 0, m, 0, hw, mr, apacks[t])             # A = dy[n]
             macro_kernel(isa, hw, apacks[t], colpacks[t], dw_parts[t], 0, m, 0, ckk,
@@ -258,7 +243,7 @@ def _forward_windows(isa, x, wpack, off, ckk, ph, pw, y, bounds, xpads, yexts, m
     wp = x.shape[3] + 2 * pw
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
-            _pad_image(x, n, ph, pw, xpads[t])
+            pad_image(x, n, ph, pw, xpads[t])
             macro_kernel_rows_b(isa, ckk, wpack, xpads[t], off, yexts[t], m, ho * wp, False,
                                  mr, nr, kc, tiles[t])
             crop(yexts[t], wp, 0, m * ho, wo, y, n)
@@ -275,7 +260,7 @@ def _backward_windows(isa, dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_p
     wp = wd + 2 * pw
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
-            _pad_image(x, n, ph, pw, xpads[t])
+            pad_image(x, n, ph, pw, xpads[t])
             pack_dy_t(dy, n, wp, nra, dypacks[t])
             macro_kernel_rows_a(isa, ho * wp, xpads[t], off, dypacks[t], dwt_parts[t], ckk, m,
                                  n > bounds[t], mra, nra, kc, tiles[t])

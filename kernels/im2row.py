@@ -62,6 +62,7 @@ from .gemm import (
 from .gemm import (
     isa as gemm_isa,
 )
+from .windows import pad_image
 
 
 def workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
@@ -218,20 +219,6 @@ def _tables(c, h, wd, kh, kw, stride, padding, ho, wo):
 
 
 @njit(cache=True, nogil=True)
-def _pad_image(x, n, ph, pw, xpad):
-    """The interior of xpad (C*Hp*Wp, flat) = x[n]; its zero border is written by the caller."""
-    _, c_in, h, wd = x.shape
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    xf = x.ravel()
-    for c in range(c_in):
-        for ih in range(h):
-            src = uintp(((n * c_in + c) * h + ih) * wd)
-            dst = uintp((c * hp + ih + ph) * wp + pw)
-            for iw in range(wd):
-                xpad[dst + uintp(iw)] = xf[src + uintp(iw)]
-
-
-@njit(cache=True, nogil=True)
 def _lower_rows_a(xpad, off, base, p0, p1, mr, bases, apack):
     """A = rows[p0:p1] packed in MR-row panels (what pack_a writes):
     apack[q, k, i] = rows[p0 + q*MR + i, k] = xpad[off[k] + base[p0 + q*MR + i]].
@@ -379,7 +366,7 @@ def _forward_chunks(isa, x, wtpack, off, base, ph, pw, chunk, y, bounds, xpads, 
             p0 = (job % per_image) * chunk
             p1 = min(hw, p0 + chunk)
             if n != padded:
-                _pad_image(x, n, ph, pw, xpads[t])
+                pad_image(x, n, ph, pw, xpads[t])
                 padded = n
             _lower_rows_a(xpads[t], off, base, p0, p1, mr, bases, apacks[t])
             macro_kernel(isa, ckk, apacks[t], wtpack, yrows[t], 0, p1 - p0, 0, yrows.shape[2],
@@ -400,7 +387,7 @@ def _backward_images(isa, dy, x, wtpack, off, base, sh, sw, ph, pw, chunk, dx, d
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             dy_n = dy[n].reshape(m, hw)
-            _pad_image(x, n, ph, pw, xpads[t])
+            pad_image(x, n, ph, pw, xpads[t])
             if need_dx:
                 dxpads[t][:] = 0
             for p0 in range(0, hw, chunk):

@@ -71,9 +71,9 @@ from .kn2row import (
     fused_geometry,
     fused_parts,
     fused_workspace_bytes,
-    pad_image,
     per_image_threads,
 )
+from .windows import pad_image
 
 
 def kernel_matrix_t(w):

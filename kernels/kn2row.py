@@ -75,7 +75,7 @@ from .gemm import (
     tile_shape,
     uses_numba,
 )
-from .windows import crop, spread_dy
+from .windows import crop, pad_image, spread_dy
 
 
 def kernel_matrix(w):
@@ -390,21 +390,6 @@ def _per_image_parts(x_shape, w_shape, dtype):
     if c <= SMALL_C or kh * kw * m * h * wd * np.dtype(dtype).itemsize > PER_THREAD_IMAGE_BYTES:
         return 0
     return per_image_threads(n, dtype)
-
-
-@njit(cache=True, nogil=True)
-def pad_image(x, n, ph, pw, xpad):
-    """The interior of xpad (C planes of Hp x Wp, flat) = x[n]; its zero border (and tail)
-    is written once, by the caller."""
-    _, c_in, h, wd = x.shape
-    hp, wp = h + 2 * ph, wd + 2 * pw
-    xf = x.ravel()
-    for c in range(c_in):
-        for ih in range(h):
-            src = uintp(((n * c_in + c) * h + ih) * wd)
-            dst = uintp((c * hp + ih + ph) * wp + pw)
-            for iw in range(wd):
-                xpad[dst + uintp(iw)] = xf[src + uintp(iw)]
 
 
 @njit(cache=True, nogil=True)

@@ -56,8 +56,8 @@ from .gemm import (
     split_bounds,
     tile_shape,
 )
-from .kn2row import SMALL_C, chunk_images, pad_image, per_image_threads
-from .windows import crop, pack_dy_t, spread_dy
+from .kn2row import SMALL_C, chunk_images, per_image_threads
+from .windows import crop, pack_dy_t, pad_image, spread_dy
 
 
 # --------------------------------------------------------------------------------------------

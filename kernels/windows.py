@@ -5,13 +5,31 @@ Wo: output "pixel" p = oh*Wp + ow. Then every row of the patch matrix (im2col) o
 shifted input (kn2row-aa) is one contiguous window of the zero-padded image, which the GEMM's
 micro-kernel reads in place, and the KW-1 extra columns of each output row are computed and
 dropped (kernels/im2col_fused.py proves that no kept result reads a wrong element). The
-steps around those GEMMs are the same for both algorithms, and live here:
+steps around those GEMMs are the same for both algorithms (and pad_image for every lowering
+that works on one padded image at a time: im2row, kn2row, kn2col too), and live here:
 
+    pad_image   x[n] copied into the interior of a zero-padded image buffer
     crop        y[n] = the Wo kept columns of each Wp-wide output row
     spread_dy   dy[n] laid out on Wp-wide rows with zero margins (the dX GEMM's operand)
     pack_dy_t   dy[n]^T on the padded width, packed as the dW GEMM's B operand
 """
 from ._numba import njit, uintp
+
+
+@njit(cache=True, nogil=True)
+def pad_image(x, n, ph, pw, xpad):
+    """The interior of xpad (C planes of Hp x Wp, any contiguous shape) = x[n]; its zero
+    border (and any tail) is written once, by the caller."""
+    _, c_in, h, wd = x.shape
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    xf = x.ravel()
+    xpf = xpad.ravel()
+    for c in range(c_in):
+        for ih in range(h):
+            src = uintp(((n * c_in + c) * h + ih) * wd)
+            dst = uintp((c * hp + ih + ph) * wp + pw)
+            for iw in range(wd):
+                xpf[dst + uintp(iw)] = xf[src + uintp(iw)]
 
 
 @njit(cache=True, nogil=True)
