@@ -43,7 +43,7 @@ from .gemm import (
 from .gemm import (
     isa as gemm_isa,
 )
-from .windows import crop, pack_dy_t, pad_image, spread_dy
+from .windows import crop, dz_layout, pack_dy_t, pad_image, spread_dy
 
 # --------------------------------------------------------------------------- packed: any stride
 # The "packed" path (any stride; stride 1 usually takes "windows", below; _numba_path picks)
@@ -306,10 +306,7 @@ def backward_windows(dy, x, w, padding, need_dx, dx, parts):
     xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
     dypacks = np.zeros((parts, panels(m, nra) * ho * wp), dtype=dt)
     dwt_parts = np.empty((parts, ckk, m), dtype=dt)
-    lead = (kh - 1) * wp + kw - 1  # dz: a zero margin before dy ...
-    # ... and after it, in every channel's row of dz: room for dy's Ho rows (Ho > ph + H
-    # when ph >= KH, e.g. a 1x1 kernel with padding 1) and for the windows read past them
-    lz = lead + max(ph + h, ho) * wp + vl
+    lead, lz = dz_layout(kh, kw, wp, ph, h, ho, vl)  # where dy's rows go in dz
     if need_dx:
         dtab = _dz_rows(m, kh, kw, wp, ph, lead, lz)
         w2pack = np.empty(panels(c, mr) * m * kh * kw, dtype=dt)

@@ -75,7 +75,7 @@ from .gemm import (
     tile_shape,
     uses_numba,
 )
-from .windows import crop, pad_image, spread_dy
+from .windows import crop, dz_layout, pack_dy_t, pad_image, spread_dy
 
 
 def kernel_matrix(w):
@@ -522,7 +522,7 @@ def _backward_per_image(dy, x, w, stride, padding, parts):
 #   dW       dW_ij = dP_ij @ x^T = dY @ S_ij(x)^T: the same sum with the shift moved onto x,
 #            dWk^T[(ij, c), m] = sum_o xpad[c, o + i*Wp + j] * dY_ext[m, o]: A's rows read in
 #            place in the zero-padded image (macro_kernel_rows_a), B = dy[n]^T packed once
-#            (_pack_dy_t), depth Ho*Wp. (dP @ x^T would have C columns: a fraction of the
+#            (windows.pack_dy_t), depth Ho*Wp. (dP @ x^T would have C columns: a fraction of the
 #            64-wide tile for C < 64, a sixty-fourth for a first layer.)
 #   C < MR   The forward's K = C is then too short: every tile would be a read-modify-write
 #            of y_ext for one or two multiply-adds. The taps are folded into the depth
@@ -712,24 +712,6 @@ def _dx_small_c(wk, dz, dtab, dxext):
                 df[row + uintp(q)] += wv * dz[base + uintp(q)]
 
 
-@njit(cache=True, nogil=True)
-def _pack_dy_t(dy, n, wp, nr, bpack):
-    """windows.pack_dy_t's B = dY_ext^T (Ho*Wp x M, packed in panels of NR channels), read
-    channel by channel (contiguous reads, stores NR apart): the transpose costs a few cycles
-    an element instead of a strided gather. Extra columns and channels past M stay zero."""
-    _, m_out, ho, wo = dy.shape
-    k = ho * wp
-    dyf = dy.ravel()
-    for mm in range(m_out):
-        q, j = mm // nr, mm % nr
-        src = uintp((n * m_out + mm) * ho * wo)
-        for oh in range(ho):
-            d = uintp((q * k + oh * wp) * nr + j)
-            s = src + uintp(oh * wo)
-            for ow in range(wo):
-                bpack[d + uintp(ow * nr)] = dyf[s + uintp(ow)]
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def _backward_fused_images(g, dy, x, wk, wktpack, xtab, dtab, ph, pw, lead, lz, dx, dwt_parts,
                            small, bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc,
@@ -743,7 +725,7 @@ def _backward_fused_images(g, dy, x, wk, wktpack, xtab, dtab, ph, pw, lead, lz, 
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             pad_image(x, n, ph, pw, xpads[t])
-            _pack_dy_t(dy, n, wp, nra, dypacks[t])
+            pack_dy_t(dy, n, wp, nra, dypacks[t])
             macro_kernel_rows_a(g, ho * wp, xpads[t], xtab, dypacks[t], dwt_parts[t], kkc, m,
                                 n > bounds[t], mra, nra, kc, tiles[t])
             spread_dy(dy, n, wp, lead, lz, dzs[t])
@@ -770,8 +752,7 @@ def backward_fused(dy, x, w, padding, parts):
     taps, kkm = kh * kw, kh * kw * m
     xtab = _x_rows(c, kh, kw, hp, wp, mra)  # A of the dW GEMM: windows of xpad, in place
     # dP's rows in dz: row (ij, m) = dz[m*lz + lead + (ph - i)*Wp - j:]
-    lead = (kh - 1) * wp + kw - 1
-    lz = lead + max(ph + h, ho) * wp + vl    # dy's rows (ph + h: the reads of dx's last row)
+    lead, lz = dz_layout(kh, kw, wp, ph, h, ho, vl)
     shift = (ph * wp - np.arange(kh)[:, None] * wp - np.arange(kw)).ravel()
     dtab = (shift[:, None] + lead + np.arange(m) * lz).ravel().astype(np.int64)
     wk = kernel_matrix(w)

@@ -57,7 +57,7 @@ from .gemm import (
     tile_shape,
 )
 from .kn2row import SMALL_C, chunk_images, per_image_threads
-from .windows import crop, pack_dy_t, pad_image, spread_dy
+from .windows import crop, dz_layout, pack_dy_t, pad_image, spread_dy
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,10 +421,7 @@ def _backward_numba_windows(dy, x, w, padding, parts):
     mr, nr, vl = blk["mr"], blk["nr"], blk["vl"]
     mra, nra = tile_shape(dt, "rows")  # the dW GEMMs' tile: A's rows read in place
     offs = _tap_tables(c, kh, kw, hp, wp, panels(c, mra))
-    lead = (kh - 1) * wp + kw - 1       # dz: a zero margin before dy ...
-    # ... and after it, in every channel's row of dz: room for dy's Ho rows (Ho > ph + H
-    # when ph >= KH, e.g. a 1x1 kernel with padding 1) and for the windows read past them
-    lz = lead + max(ph + h, ho) * wp + vl
+    lead, lz = dz_layout(kh, kw, wp, ph, h, ho, vl)  # where dy's rows go in dz
     dtabs = np.empty((kh * kw, m), dtype=np.int64)
     w2packs = np.empty((kh * kw, panels(c, mr) * m), dtype=dt)
     for i in range(kh):
