@@ -25,9 +25,11 @@ The Numba paths do the opposite: one image at a time, with no transposes.
     into a plain cols and multiplied by kernels.gemm.matmul. Read it after the reference.
   - the fused paths, in kernels/im2col_fused.py (its header tells their story): each thread
     takes whole images and multiplies at once; at stride 1 ("windows") the patch matrix is
-    never written (the micro-kernel reads its rows in place in the padded image), at other
-    strides ("packed") it is written straight in the micro-kernel's packed order and stays
-    in the core's L2 cache. forward_numba / backward_numba pick the path (_numba_path).
+    never written (the micro-kernel reads its rows in place in the padded image; where the
+    tile fits the output width, its columns, multiplying the product the other way round so
+    that no padding column is computed), at other strides ("packed") it is written straight
+    in the micro-kernel's packed order and stays in the core's L2 cache. forward_numba /
+    backward_numba pick the path (_numba_path, and im2col_fused.uses_windows_t).
 kernels/README.md has the figures.
 
 This file: the picture and formulas (here), the NumPy reference, the workspace formulas,
@@ -53,7 +55,7 @@ import numpy as np
 from . import im2col_fused
 from ._common import out_size, pad_nchw
 from ._numba import njit, uintp, valid_range
-from .gemm import blocking, matmul, panels, uses_numba
+from .gemm import blocking, matmul, panels, tile_shape, uses_numba
 from .im2col_fused import col2im_image
 
 
@@ -224,7 +226,9 @@ PER_THREAD_IMAGE_BYTES = 1 << 20
 
 def _numba_path(x_shape, w_shape, stride, padding, ho, wo, dtype, need_dx=False):
     """(path, threads): how the Numba im2col runs this layer's forward (or backward).
-      "windows"     stride 1: threads take whole images, patch matrix read in place in xpad;
+      "windows"     stride 1: threads take whole images, patch matrix read in place in xpad
+                    (transposed, "windows_t", for the forward and dX where
+                    im2col_fused.uses_windows_t says so);
       "packed"      threads take whole images, each lowered into packed panels in L2;
       "one-by-one"  images one by one, plain cols and a parallel GEMM each (threads 0).
     A backward that needs dx of fewer channels than the micro-kernel's MR rows (a first
@@ -256,6 +260,9 @@ def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
     blk = blocking(dtype)
     hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
     wpack = panels(m, blk["mr"]) * ckk
+    if path == "windows" and im2col_fused.uses_windows_t(dtype, wo, ho * wo, m):
+        wtpack = panels(m, tile_shape(dtype, "cols")[1]) * ckk
+        return itemsize * (parts * (c * hp * wp + kw + blk["vl"] + ho * wo * m) + wtpack)
     if path == "windows":
         return itemsize * (parts * (c * hp * wp + kw + blk["vl"] + m * ho * wp) + wpack)
     packed = panels(ho * wo, blk["nr"]) * ckk
@@ -271,7 +278,9 @@ def forward_numba(x, w, stride, padding, saved=None):
     y = np.empty((n, m, hw), dtype=x.dtype)
     path, parts = _numba_path(x.shape, w.shape, stride, padding, ho, wo, x.dtype)
     if path != "one-by-one":  # the fused paths (kernels/im2col_fused.py)
-        if path == "windows":
+        if path == "windows" and im2col_fused.uses_windows_t(x.dtype, wo, ho * wo, m):
+            im2col_fused.forward_windows_t(x, w, padding, y.reshape(n, m, ho, wo), parts)
+        elif path == "windows":
             im2col_fused.forward_windows(x, w, padding, y.reshape(n, m, ho, wo), parts)
         else:
             im2col_fused.forward_packed(x, w, stride, padding, y, parts)

@@ -31,6 +31,7 @@ from ._numba import njit, prange, uintp, valid_range
 from .gemm import (
     blocking,
     macro_kernel,
+    macro_kernel_cols_a,
     macro_kernel_rows_a,
     macro_kernel_rows_b,
     pack_a,
@@ -43,7 +44,7 @@ from .gemm import (
 from .gemm import (
     isa as gemm_isa,
 )
-from .windows import crop, dz_layout, pack_dy_t, pad_image, spread_dy
+from .windows import crop, dz_layout, pack_dy_t, pad_image, spread_dy, transpose_into
 
 # --------------------------------------------------------------------------- packed: any stride
 # The "packed" path (any stride; stride 1 usually takes "windows", below; _numba_path picks)
@@ -251,9 +252,11 @@ def _forward_windows(isa, x, wpack, off, ckk, ph, pw, y, bounds, xpads, yexts, m
 
 @njit(parallel=True, cache=True, nogil=True)
 def _backward_windows(isa, dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts, need_dx,
-                      bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc, tiles):
-    """Thread t, for its images n: dwt_parts[t] += cols(x[n]) @ dY_ext^T, and
-    dx[n] = W2 @ dZ without its extra columns."""
+                      dx_t, dx_offs, bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc,
+                      tiles):
+    """Thread t, for its images n: dwt_parts[t] += cols(x[n]) @ dY_ext^T, and dx[n] =
+    W2 @ dZ without its extra columns, or (dx_t: the transposed windows) (dZ^T @ W2^T)^T,
+    whose panels start at dx_offs. (mr, nr): the dX GEMM's tile."""
     c, h, wd = x.shape[1], x.shape[2], x.shape[3]
     m, ho = dy.shape[1], dy.shape[2]
     ckk = dwt_parts.shape[1]
@@ -266,9 +269,14 @@ def _backward_windows(isa, dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_p
                                  n > bounds[t], mra, nra, kc, tiles[t])
             if need_dx:
                 spread_dy(dy, n, wp, lead, lz, dzs[t])
-                macro_kernel_rows_b(isa, dtab.shape[0], w2pack, dzs[t], dtab, dxexts[t], c,
-                                     h * wp, False, mr, nr, kc, tiles[t])
-                crop(dxexts[t], wp, pw, c * h, wd, dx, n)
+                if dx_t:
+                    macro_kernel_cols_a(isa, dtab.shape[0], dzs[t], dtab, dx_offs, w2pack,
+                                        dxexts[t], h * wd, c, False, mr, nr, kc, tiles[t])
+                    transpose_into(dxexts[t], dx, n)
+                else:
+                    macro_kernel_rows_b(isa, dtab.shape[0], w2pack, dzs[t], dtab, dxexts[t], c,
+                                         h * wp, False, mr, nr, kc, tiles[t])
+                    crop(dxexts[t], wp, pw, c * h, wd, dx, n)
 
 
 def forward_windows(x, w, padding, y, parts):
@@ -307,27 +315,122 @@ def backward_windows(dy, x, w, padding, need_dx, dx, parts):
     dypacks = np.zeros((parts, panels(m, nra) * ho * wp), dtype=dt)
     dwt_parts = np.empty((parts, ckk, m), dtype=dt)
     lead, lz = dz_layout(kh, kw, wp, ph, h, ho, vl)  # where dy's rows go in dz
+    dx_t = need_dx and uses_windows_t(dt, wd, h * wd, c)  # dX on the transposed windows
+    mrt, nrt = tile_shape(dt, "cols")
+    dx_offs = _panel_offsets(h, wd, wp, pw, mrt) if dx_t else np.empty(0, np.int64)
     if need_dx:
         dtab = _dz_rows(m, kh, kw, wp, ph, lead, lz)
-        w2pack = np.empty(panels(c, mr) * m * kh * kw, dtype=dt)
-        pack_a(w.transpose(1, 0, 2, 3).reshape(c, m * kh * kw), False, 0, c, 0, m * kh * kw,
-                mr, w2pack)
+        w2 = w.transpose(1, 0, 2, 3).reshape(c, m * kh * kw)
+        if dx_t:  # B = W2^T, packed in panels of NR' input channels
+            w2pack = np.empty(panels(c, nrt) * m * kh * kw, dtype=dt)
+            pack_b(w2, True, 0, m * kh * kw, 0, c, nrt, w2pack)
+            dxexts = np.empty((parts, h * wd, c), dtype=dt)
+        else:
+            w2pack = np.empty(panels(c, mr) * m * kh * kw, dtype=dt)
+            pack_a(w2, False, 0, c, 0, m * kh * kw, mr, w2pack)
+            dxexts = np.empty((parts, c, h * wp), dtype=dt)
         dzs = np.zeros((parts, m * lz), dtype=dt)
-        dxexts = np.empty((parts, c, h * wp), dtype=dt)
     else:
         dtab = np.empty(0, np.int64)
         w2pack = np.empty(0, dt)
         dzs = np.empty((parts, 0), dtype=dt)
         dxexts = np.empty((parts, 0, 0), dtype=dt)
         dx = np.empty((0, c, h, wd), dt)
-    tiles = scratch_tiles(dt, parts)
+    # one scratch tile per thread for both GEMMs' edge tiles: the larger of their shapes
+    shapes = [scratch_tiles(dt, parts)] + ([scratch_tiles(dt, parts, "cols")] if dx_t else [])
+    tiles = max(shapes, key=lambda t: t[0].size)
     _backward_windows(gemm_isa(), dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts,
-                      need_dx, split_bounds(n, parts, 1), xpads, dypacks, dzs, dxexts, mr, nr,
-                      mra, nra, blk["kc"], tiles)
+                      need_dx, dx_t, dx_offs, split_bounds(n, parts, 1), xpads, dypacks, dzs,
+                      dxexts, mrt if dx_t else mr, nrt if dx_t else nr, mra, nra, blk["kc"],
+                      tiles)
     dwt = dwt_parts[0]
     for t in range(1, parts):
         dwt += dwt_parts[t]
     return np.ascontiguousarray(dwt.T).reshape(w.shape)
+
+
+# --------------------------------------------------------------------------- windows, transposed
+# The windows above still compute KW - 1 extra columns of every Wp-wide row: the GEMM's
+# columns are output pixels, and a register tile of NR of them cannot stop at a row's end.
+# (MNIST conv2: 224 computed for 196 kept, 12.5% of the forward's and dX's work.) Turn the
+# product round and they are gone:
+#
+#   forward   Y^T (Ho*Wo x M) = cols^T @ W_mat^T      A[p, (c, i, j)] = xpad[off[(c, i, j)] + p']
+#   dX        dX^T (H*W x C)  = dZ^T @ W2^T           A[q, (m, i, j)] = dz[dtab[(m, i, j)] + q']
+#
+# Now the pixels are the GEMM's rows, and a register tile holds MR of them side by side, all
+# in one output row: p' = oh*Wp + ow for ow = ow0 .. ow0 + MR - 1, so a panel of MR rows is
+# one run of the padded image per tap, read in place (kernels.gemm's "cols" operand: A read by
+# columns, each panel from its own offset). With MR dividing Wo (AVX-512: MR = 14, so 14, 28,
+# 56) the panels cover exactly the kept pixels; the channels run along the vector lanes
+# (NR = 32: two vectors), and M = 64 is two whole panels. The price: the GEMM writes pixels x
+# channels, so each image's result is transposed back to NCHW (transpose_into), where the
+# windows path cropped its rows; both are one pass over y[n] in L2.
+# The weight gradient keeps the windows path's form (its depth runs over the padded width).
+#
+# Workspace of this forward, in numbers (T = threads, NR' = tile_shape(dtype, "cols")[1]):
+#     T * (C*Hp*Wp + KW + VL  +  Ho*Wo*M)     xpad + Y^T
+#     + ceil(M / NR')*NR' * C*KH*KW           the packed W_mat^T
+# Its backward allocates, in place of the windows backward's W2 pack and dX_ext, the packed
+# W2^T (ceil(C / NR')*NR' * M*KH*KW) and per thread dX^T (H*W*C).
+
+
+# The transposed result of one image (pixels x channels) must stay in L2 next to the padded
+# image, for the transpose back to NCHW to be cheap: MNIST's layers are 50-100 KiB; on the
+# wide benchmark layer (64 channels, 56 x 56: 784 KiB) the plain windows measured 1-5% faster.
+WINDOWS_T_MAX_BYTES = 256 << 10
+
+
+def uses_windows_t(dtype, wo, pixels, channels):
+    """True when the transposed windows suit a product of `pixels` x `channels` outputs of
+    rows `wo` wide: MR divides wo (the panels cover exactly the kept pixels) and the result
+    stays in L2."""
+    return (wo % tile_shape(dtype, "cols")[0] == 0
+            and pixels * channels * np.dtype(dtype).itemsize <= WINDOWS_T_MAX_BYTES)
+
+
+@functools.lru_cache(maxsize=64)
+def _panel_offsets(rows, width, ld, first, mr):
+    """a_offs[p] = r*ld + first + w0 for every panel (r, w0), w0 = 0, MR, .. < width: where
+    each panel of MR pixels starts on the padded rows. (Cached like _window_offsets.)"""
+    offs = (np.arange(rows)[:, None] * ld + first + np.arange(0, width, mr)).ravel()
+    offs = offs.astype(np.int64)
+    offs.flags.writeable = False
+    return offs
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _forward_windows_t(isa, x, wtpack, off, a_offs, ph, pw, y, bounds, xpads, yts, mr, nr,
+                       kc, tiles):
+    """Thread t, for its images n: y[n] = (cols(x[n])^T @ W_mat^T)^T, cols read in place."""
+    m, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            pad_image(x, n, ph, pw, xpads[t])
+            macro_kernel_cols_a(isa, off.shape[0], xpads[t], off, a_offs, wtpack, yts[t],
+                                ho * wo, m, False, mr, nr, kc, tiles[t])
+            transpose_into(yts[t], y, n)
+
+
+def forward_windows_t(x, w, padding, y, parts):
+    """y (N, M, Ho, Wo) = the forward, on the transposed windows path with `parts` threads."""
+    n, c, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    ph, pw = padding
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    ho, wo = hp - kh + 1, wp - kw + 1
+    blk = blocking(x.dtype)
+    mr, nr = tile_shape(x.dtype, "cols")
+    ckk = c * kh * kw
+    off = _window_offsets(c, kh, kw, hp, wp, 1)  # the depth table: one entry per (c, i, j)
+    a_offs = _panel_offsets(ho, wo, wp, 0, mr)
+    wtpack = np.empty(panels(m, nr) * ckk, dtype=x.dtype)
+    pack_b(w.reshape(m, ckk), True, 0, ckk, 0, m, nr, wtpack)  # B = W_mat^T
+    xpads = np.zeros((parts, c * hp * wp + kw + blk["vl"]), dtype=x.dtype)
+    yts = np.empty((parts, ho * wo, m), dtype=x.dtype)
+    tiles = scratch_tiles(x.dtype, parts, "cols")
+    _forward_windows_t(gemm_isa(), x, wtpack, off, a_offs, ph, pw, y,
+                       split_bounds(n, parts, 1), xpads, yts, mr, nr, blk["kc"], tiles)
 
 
 # --------------------------------------------------------------------------- the drivers

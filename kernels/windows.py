@@ -13,6 +13,7 @@ that works on one padded image at a time: im2row, kn2row, kn2col too), and live 
     spread_dy   dy[n] laid out on Wp-wide rows with zero margins (the dX GEMM's operand)
     pack_dy_t   dy[n]^T on the padded width, packed as the dW GEMM's B operand
     dz_layout   where spread_dy puts each channel's rows in dz
+    transpose_into   dst[n] = src^T: a GEMM that made pixels x channels, back to NCHW
 """
 from ._numba import njit, uintp
 
@@ -85,3 +86,20 @@ def pack_dy_t(dy, n, wp, nr, bpack):
             s = src + uintp(oh * wo)
             for ow in range(wo):
                 bpack[d + uintp(ow * nr)] = dyf[s + uintp(ow)]
+
+
+@njit(cache=True, nogil=True)
+def transpose_into(src, dst, n):
+    """dst[n] (R channels x P pixels, flat) = src (P x R)^T. In blocks of 16 pixels, so the
+    16 columns of src a block reads stay in L1 while each channel's 16 results are written
+    side by side."""
+    p_all, r_all = src.shape
+    sf = src.ravel()
+    df = dst.ravel()
+    base = uintp(n * p_all * r_all)
+    for p0 in range(0, p_all, 16):
+        p1 = min(p_all, p0 + 16)
+        for r in range(r_all):
+            d = base + uintp(r * p_all)
+            for p in range(p0, p1):
+                df[d + uintp(p)] = sf[uintp(p * r_all + r)]

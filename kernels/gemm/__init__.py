@@ -35,9 +35,10 @@ The public interface for the lowerings that call the loops themselves (kernels/
 im2col_fused.py packs its own operands, or reads them in place by row tables):
     isa()                   the active Isa, the first argument of every Numba function below
     blocking(dtype)         dict(vl, mr, nr, kc, mc, nc) of the active ISA
-    tile_shape(dtype, a_mode)  (MR, NR), "packed" or "rows" (A read in place)
+    tile_shape(dtype, a_mode)  (MR, NR), "packed", "rows" or "cols" (A read in place)
     pack_a, pack_b          packing (pack.py)
-    macro_kernel, macro_kernel_rows_a, macro_kernel_rows_b   loops 2-1 (macro.py)
+    macro_kernel, macro_kernel_rows_a, macro_kernel_rows_b, macro_kernel_cols_a
+                            loops 2-1 (macro.py); "cols": A read in place by columns
     macro_kernel_taps       loops 2-1 over several products, each added into C at its own
                             offset from the register tile (a fused shift-add: kn2row, kn2col)
     split_bounds(total, parts, align)   cut points of a range, one part per thread
@@ -59,6 +60,7 @@ from .macro import (
     gemm_dot_parallel,
     gemm_parallel,
     macro_kernel,
+    macro_kernel_cols_a,
     macro_kernel_rows_a,
     macro_kernel_rows_b,
     macro_kernel_taps,
@@ -68,7 +70,8 @@ from .pack import pack_a, pack_b, panels
 
 __all__ = [
     "BLOCKING", "DOT_KC", "HAS_AVX512", "ISA", "ISAS", "MODE", "MODES", "Isa", "available",
-    "blocking", "gemm", "gemm_info", "isa", "macro_kernel", "macro_kernel_rows_a",
+    "blocking", "gemm", "gemm_info", "isa", "macro_kernel", "macro_kernel_cols_a",
+    "macro_kernel_rows_a",
     "macro_kernel_rows_b", "macro_kernel_taps", "make_microkernel", "matmul", "pack_a",
     "pack_b", "panels", "plan", "scratch_tiles", "set_isa", "split_bounds", "supported",
     "tile_shape", "uses_numba",
@@ -147,9 +150,17 @@ class _Workspace(threading.local):
 _workspace = _Workspace()
 
 
-def scratch_tiles(dtype, parts):
-    """(parts, MR, NR) scratch tiles for edge tiles, one per thread (reused between calls)."""
-    return _workspace.get(dtype, parts)[2]
+def scratch_tiles(dtype, parts, a_mode="packed"):
+    """(parts, MR, NR) scratch tiles for edge tiles, one per thread (reused between calls);
+    (MR, NR) = tile_shape(dtype, a_mode)."""
+    if a_mode == "packed":
+        return _workspace.get(dtype, parts)[2]
+    key = (ISA, np.dtype(dtype), parts, a_mode)
+    tiles = _workspace.buffers.get(key)
+    if tiles is None:
+        tiles = np.zeros((parts,) + tile_shape(dtype, a_mode), dtype)
+        _workspace.buffers[key] = tiles
+    return tiles
 
 
 # --------------------------------------------------------------------------- gemm

@@ -11,7 +11,8 @@ gemm_serial is loops 5-3 (with packing), macro_kernel loops 2-1. An edge tile of
 than MR rows or NR columns) is computed into a scratch tile by the narrowest kernel that
 covers it, and only its valid part is added to C. macro_kernel_rows_a / _rows_b are loops
 2-1 with one operand read in place through a row table instead of packed (kernels/
-im2col_fused.py: a stride-1 patch matrix whose rows are windows of the padded image).
+im2col_fused.py: a stride-1 patch matrix whose rows are windows of the padded image), and
+macro_kernel_cols_a the same with A read by columns (that matrix transposed).
 macro_kernel_taps is loops 2-1 over several products at once, each added into C at its own
 offset straight from the register tile (kernels/kn2row.py and kn2col.py: the shift-add of a
 convolution's taps, fused into the GEMM's write-out).
@@ -33,6 +34,8 @@ from .microkernel import (
     MICRO,
     MICRO_1,
     MICRO_2,
+    MICRO_COLS_A,
+    MICRO_COLS_A_1,
     MICRO_ROWS_A,
     MICRO_ROWS_A_1,
     MICRO_ROWS_A_2,
@@ -164,6 +167,44 @@ def macro_kernel_rows_a(isa, k, a, a_tab, bpack, c, m, n, accumulate, mr, nr, kc
                 else:
                     MICRO_ROWS_A(isa, kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
                 store_tile(tf, nr, c, i_r, j_r, rows, cols, add)
+
+
+@njit(cache=True, nogil=True)
+def macro_kernel_cols_a(isa, k, a, a_tab, a_offs, bpack, c, m, n, accumulate, mr, nr, kc_max,
+                        tile):
+    """c[:m, :n] (+)= A @ B,  A[p*MR + i, kk] = a[a_tab[kk] + a_offs[p] + i]: panel p of A (MR
+    rows) is read in place, one column of MR side-by-side numbers per kk, from its own offset
+    (a transposed patch matrix: the rows are output pixels, and a panel may start anywhere,
+    so panels can skip the pixels that are not wanted). B packed over its whole depth k as in
+    macro_kernel. (MR, NR) must be tile_shape(dtype, "cols"); `tile` is any scratch of
+    MR*NR numbers. c is C-contiguous."""
+    ldc = c.shape[1]
+    cf = c.ravel()
+    tf = tile.ravel()
+    vl = lanes(isa, tile)
+    for pc in range(0, k, kc_max):
+        kc = min(kc_max, k - pc)
+        add = accumulate or pc > 0
+        for j_r in range(0, n, nr):
+            b_off = (j_r // nr) * k * nr + pc * nr
+            cols = min(nr, n - j_r)
+            for i_r in range(0, m, mr):
+                rows = min(mr, m - i_r)
+                a_off = a_offs[i_r // mr]
+                if rows == mr and cols == nr:
+                    MICRO_COLS_A(isa, kc, a, a_tab, pc, a_off, bpack, b_off, cf,
+                                 i_r * ldc + j_r, ldc, add)
+                elif rows == mr and cols == vl:
+                    MICRO_COLS_A_1(isa, kc, a, a_tab, pc, a_off, bpack, b_off, cf,
+                                   i_r * ldc + j_r, ldc, add)
+                else:
+                    if cols <= vl:
+                        MICRO_COLS_A_1(isa, kc, a, a_tab, pc, a_off, bpack, b_off, tf, 0, nr,
+                                       False)
+                    else:
+                        MICRO_COLS_A(isa, kc, a, a_tab, pc, a_off, bpack, b_off, tf, 0, nr,
+                                     False)
+                    store_tile(tf, nr, c, i_r, j_r, rows, cols, add)
 
 
 @njit(cache=True, nogil=True)

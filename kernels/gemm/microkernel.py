@@ -22,11 +22,14 @@ the accumulators are loop-carried SSA values (phis), which LLVM keeps in registe
 Every kernel takes the ISA first (an Isa object; its Numba type, IsaType, names it), then:
   a_mode "packed" (apack, a_off):        A[i, k] = apack[a_off + k*MR + i]
   a_mode "rows"   (a, a_tab, a_off):     A[i, k] = a[a_tab[i] + a_off + k]
+  a_mode "cols"   (a, a_tab, t0, a_off): A[i, k] = a[a_tab[t0 + k] + a_off + i]
   b_mode "packed" (bpack, b_off):        B[k, j] = bpack[b_off + k*NR + j]
   b_mode "rows"   (b, b_tab, t0, b_off): B[k, j] = b[b_tab[t0 + k] + b_off + j]
 then (c, c_off, ldc, accumulate): C[c_off + i*ldc + j] (+)= sum_k A[i, k] * B[k, j].
 "packed" is what kernels/gemm/pack.py writes; "rows" reads an operand in place, one row
-anywhere in an array (rows may overlap, as a convolution's patch-matrix rows do).
+anywhere in an array (rows may overlap, as a convolution's patch-matrix rows do); "cols"
+reads A in place one *column* at a time: its MR numbers side by side, anywhere in an array
+(a transposed patch matrix: MR neighbouring output pixels of one tap, kernels/im2col_fused.py).
 """
 import numpy as np
 from llvmlite import ir
@@ -46,13 +49,24 @@ def _isa_dtype(isa, a):
     return isa.isa, np.dtype(str(a.dtype))
 
 
+# The "cols" kernel's tile (MR, vectors) per ISA. Its MR rows are neighbouring output pixels
+# of one image row, so MR should divide the layers' output widths: 14 covers MNIST's 28 and
+# 14 (and 56) exactly. AVX-512: 14 x 2 vectors = 28 accumulators + 2 B vectors of the 32
+# registers; the broadcasts fold into the FMAs as memory operands ({1to16}).
+COLS_TILE = {"avx512": (14, 2), "avx2": (7, 1), "scalar": (7, 4)}
+
+
 def tile_of(isa, dt, a_mode="packed"):
     """(MR, NR) of the register tile: reading A's rows in place costs a load per row and per
     k where packed A's MR numbers sit side by side, so that kernel has its own tile (AVX-512:
-    6 x 4 vectors, 6 + 4 loads per 24 FMAs, covering a 64-wide C with no edge)."""
+    6 x 4 vectors, 6 + 4 loads per 24 FMAs, covering a 64-wide C with no edge); so does the
+    kernel that reads A's columns in place (COLS_TILE)."""
     blk = isa.blocking[np.dtype(dt)]
     if a_mode == "rows":
         return isa.rows_mr, isa.rows_nv * blk["vl"]
+    if a_mode == "cols":
+        mr, nv = COLS_TILE[isa.name]
+        return mr, nv * blk["vl"]
     return blk["mr"], blk["nr"]
 
 
@@ -113,6 +127,11 @@ def make_microkernel(vectors, a_mode="packed", b_mode="packed"):
         def microkernel(typingctx, isa, kc, a, a_tab, a_off, bpack, b_off, c, c_off, ldc,
                         accumulate):
             return typer((isa, kc, a, a_tab, a_off, bpack, b_off, c, c_off, ldc, accumulate))
+    elif a_mode == "cols" and b_mode == "packed":
+        def microkernel(typingctx, isa, kc, a, a_tab, t0, a_off, bpack, b_off, c, c_off, ldc,
+                        accumulate):
+            return typer((isa, kc, a, a_tab, t0, a_off, bpack, b_off, c, c_off, ldc,
+                          accumulate))
     else:
         raise ValueError(f"no micro-kernel reads A {a_mode!r} and B {b_mode!r}")
     return intrinsic(microkernel)
@@ -122,7 +141,7 @@ def _microkernel_ir(isa, dt, vl, mr, nr, nv, a_mode, b_mode, sig):
     """C[c_off + i*ldc + j] (+)= sum_{k < kc} A[i, k] * B[k, j],  i < MR, j < nv*VL, for the
     arguments (kc, <A's>, <B's>, c, c_off, ldc, accumulate) (the module docstring's modes).
     `accumulate` false overwrites C (the first depth block), true adds to it."""
-    na = 2 if a_mode == "packed" else 3
+    na = {"packed": 2, "rows": 3, "cols": 4}[a_mode]
     nb = 2 if b_mode == "packed" else 4
 
     def codegen(context, builder, signature, args):
@@ -137,6 +156,9 @@ def _microkernel_ir(isa, dt, vl, mr, nr, nv, a_mode, b_mode, sig):
 
         if a_mode == "packed":
             a_base = element(ia, args[ia + 1])
+        elif a_mode == "cols":  # a + a_off, and the table from entry t0 on
+            a_base = element(ia, args[ia + 3])
+            a_tab = element(ia + 1, args[ia + 2])
         else:  # one pointer per row of A, from the table
             a_rows = [builder.gep(element(ia, builder.load(element(ia + 1, const(i)))),
                                   [args[ia + 2]]) for i in range(mr)]
@@ -172,6 +194,9 @@ def _microkernel_ir(isa, dt, vl, mr, nr, nv, a_mode, b_mode, sig):
              for v in range(nv)]                                     # B[k, 0:nv*VL]
         if a_mode == "packed":
             a_col = builder.gep(a_base, [builder.mul(k, const(mr))])
+            a_ptrs = [builder.gep(a_col, [const(i)]) for i in range(mr)]
+        elif a_mode == "cols":  # column k of A: MR numbers side by side, where the table says
+            a_col = builder.gep(a_base, [builder.load(builder.gep(a_tab, [k]))])
             a_ptrs = [builder.gep(a_col, [const(i)]) for i in range(mr)]
         else:
             a_ptrs = [builder.gep(a_rows[i], [k]) for i in range(mr)]
@@ -225,6 +250,8 @@ MICRO_ROWS_A = make_microkernel(None, "rows", "packed")  # tile_of(isa, dt, "row
 MICRO_ROWS_A_1 = make_microkernel(1, "rows", "packed")
 MICRO_ROWS_A_2 = make_microkernel(2, "rows", "packed")
 MICRO_ROWS_A_3 = make_microkernel(3, "rows", "packed")
+MICRO_COLS_A = make_microkernel(None, "cols", "packed")  # tile_of(isa, dt, "cols")
+MICRO_COLS_A_1 = make_microkernel(1, "cols", "packed")
 
 
 @intrinsic

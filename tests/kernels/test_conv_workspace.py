@@ -90,12 +90,24 @@ def test_im2col_workspace_formula(monkeypatch):
 
     monkeypatch.setattr(gemm, "MODE", "numba")
     threads = numba.get_num_threads()
-    # Numba, stride 1 ("windows"): per thread a padded image (32 x 16 x 16, plus KW + VL =
-    # 3 + 16 numbers that a window's last vector may read) and the output over the padded
-    # width (64 x 14*16); plus the packed weights (64 x 288). No patch matrix at all.
-    per_thread = 32 * 16 * 16 + 3 + 16 + 64 * 14 * 16
+    # Numba, stride 1, transposed windows (the "cols" tile's MR, 14 or 7, divides Wo = 14):
+    # per thread a padded image (32 x 16 x 16, plus KW + VL numbers that a window's last
+    # vector may read) and the output transposed (14*14 x 64); plus the packed weights
+    # (288 x 64: 64 is whole panels of NR). No patch matrix at all, no padding column.
+    vl = gemm.blocking(np.float32)["vl"]
+    mr, nr = gemm.tile_shape(np.float32, "cols")
+    assert 14 % mr == 0 and 64 % nr == 0
+    per_thread = 32 * 16 * 16 + 3 + vl + 14 * 14 * 64
     assert kernels.workspace_bytes("im2col", *args, backend="numba") == (
         4 * (threads * per_thread + 64 * 288))
+    # the plain windows (an output width the tile does not divide): the output over the
+    # padded width, 64 x 13*15, and the weights packed in panels of MR rows
+    args13 = ((64, 32, 13, 13), (64, 32, 3, 3), 1, 1)
+    if 13 % mr:
+        per_thread = 32 * 15 * 15 + 3 + vl + 64 * 13 * 15
+        wpack = -(-64 // gemm.blocking(np.float32)["mr"]) * gemm.blocking(np.float32)["mr"]
+        assert kernels.workspace_bytes("im2col", *args13, backend="numba") == (
+            4 * (threads * per_thread + wpack * 288))
     assert im2col.workspace_bytes_numba(*args[:2], (1, 1), (1, 1), 4) < (
         kernels.workspace_bytes("im2col", *args, backend="numpy") / 10)
     # Lowered into packed panels ("packed"): the padded image and its patch matrix in
@@ -116,14 +128,20 @@ IM2COL_CASES = [  # x shape, w shape, stride, padding
     ((4, 9, 12, 10), (20, 9, 3, 4), (1, 1), (2, 1)),  # stride 1, non-square, uneven padding
     ((2, 3, 10, 13), (70, 3, 5, 3), (1, 1), (0, 2)),  # stride 1, dx of 3 channels (< MR)
     ((3, 10, 5, 6), (4, 10, 1, 1), (1, 1), (0, 0)),   # 1 x 1: windows with no extra column
+    # transposed windows (the "cols" tile's MR, 14 or 7, divides Wo): M = 40 and C = 17 are
+    # not whole NR panels (edge tiles on the lanes); a 3 x 5 kernel on 28-wide rows
+    ((2, 17, 14, 14), (40, 17, 3, 3), (1, 1), (1, 1)),
+    ((3, 8, 12, 28), (16, 8, 3, 5), (1, 1), (1, 2)),
 ]
 
 
 def _im2col_path_params():
     for case in IM2COL_CASES:
-        for path in ("windows", "packed", "one-by-one", "blas"):
-            if path == "windows" and case[2] != (1, 1):
+        for path in ("windows", "windows_t", "packed", "one-by-one", "blas"):
+            if path.startswith("windows") and case[2] != (1, 1):
                 continue  # windows are a stride-1 path
+            if path == "windows_t" and case[0][3] not in (14, 28):
+                continue  # (its MR must divide Wo = W here)
             yield pytest.param(path, case, id=f"{path}-{case[0]}-{case[1]}-s{case[2]}")
 
 
@@ -133,10 +151,16 @@ def test_im2col_numba_paths(monkeypatch, path, dtype, case):
     """The Numba im2col's paths against the NumPy reference: threads taking whole images
     (the patch matrix read in place, or lowered into packed panels; our GEMM), images one by
     one with a parallel GEMM each, and NumPy's BLAS; with honest workspace on each."""
-    from minigrad.kernels import gemm, im2col
+    from minigrad.kernels import gemm, im2col, im2col_fused
 
     xs, ws, stride, padding = case
     monkeypatch.setattr(gemm, "MODE", "blas" if path == "blas" else "numba")
+    if path == "windows":  # the plain windows, also where the transposed ones would apply
+        monkeypatch.setattr(im2col_fused, "uses_windows_t", lambda *a: False)
+    elif path == "windows_t":
+        assert im2col_fused.uses_windows_t(dtype, xs[3], xs[2] * xs[3], ws[0])
+        assert im2col_fused.uses_windows_t(dtype, xs[3], xs[2] * xs[3], xs[1])
+        path = "windows"  # _numba_path's name for both
     if path in ("packed", "one-by-one"):
         monkeypatch.setattr(im2col, "_uses_windows", lambda *a: False)
     if path == "one-by-one":

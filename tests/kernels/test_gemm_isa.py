@@ -66,6 +66,37 @@ def test_rows_operands_every_isa(isa, shape, dtype):
     np.testing.assert_allclose(c, np.stack([src[t:t + k] for t in a_tab[:m]]) @ b, **tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 37, 5), (14, 64, 288), (5, 16, 900), (2, 8, 1)])
+def test_cols_operand_every_isa(isa, shape, dtype):
+    """A read in place by columns: panel p of MR rows starts at its own offset, and column kk
+    of A is MR side-by-side numbers at a_tab[kk] from there (full, narrow and edge tiles,
+    several depth blocks; overwrite and accumulate)."""
+    panels_, n, k = shape
+    blk = G.blocking(dtype)
+    mr, nr = G.tile_shape(dtype, "cols")
+    m = panels_ * mr - (1 if panels_ > 2 else 0)  # an edge panel of MR - 1 rows when > 2
+    rng = np.random.default_rng(k + n)
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(k)) if dtype == np.float32 else dict(
+        rtol=1e-11, atol=1e-11 * np.sqrt(k))
+    src = rng.standard_normal(400 + mr).astype(dtype)
+    a_tab = rng.integers(0, 200, k).astype(np.int64)
+    a_offs = rng.integers(0, 200, panels_).astype(np.int64)
+    a = np.array([[src[a_tab[kk] + a_offs[i // mr] + i % mr] for kk in range(k)]
+                  for i in range(m)])
+    b = rng.standard_normal((k, n)).astype(dtype)
+    bpack = np.zeros(-(-n // nr) * nr * k, dtype)
+    G.pack_b(b, False, 0, k, 0, n, nr, bpack)
+    c = np.full((m, n), 7, dtype)
+    tile = G.scratch_tiles(dtype, 1, "cols")[0]
+    G.macro_kernel_cols_a(G.isa(), k, src, a_tab, a_offs, bpack, c, m, n, False, mr, nr,
+                          blk["kc"], tile)
+    np.testing.assert_allclose(c, a @ b, **tol)
+    G.macro_kernel_cols_a(G.isa(), k, src, a_tab, a_offs, bpack, c, m, n, True, mr, nr,
+                          blk["kc"], tile)
+    np.testing.assert_allclose(c, 2 * (a @ b), **tol)
+
+
 def test_gemm_info_names_the_microkernel(isa):
     info = G.gemm_info()
     assert info["isa"] == isa
@@ -80,15 +111,19 @@ def test_set_isa_rejects_unknown():
 
 
 @pytest.mark.skipif("avx2" not in ISAS, reason="this CPU has no AVX2/FMA")
-@pytest.mark.parametrize("path,stride", [("windows", (1, 1)), ("packed", (2, 1))])
-def test_im2col_fused_paths_on_avx2(monkeypatch, path, stride):
-    from minigrad.kernels import im2col
+@pytest.mark.parametrize("path,stride,xs", [("windows", (1, 1), (4, 9, 12, 10)),
+                                             ("windows_t", (1, 1), (4, 9, 12, 14)),
+                                             ("packed", (2, 1), (4, 9, 12, 10))])
+def test_im2col_fused_paths_on_avx2(monkeypatch, path, stride, xs):
+    from minigrad.kernels import im2col, im2col_fused
 
     monkeypatch.setattr(G, "MODE", "numba")
     old = G.set_isa("avx2")
     try:
         rng = np.random.default_rng(0)
-        xs, ws, padding = (4, 9, 12, 10), (20, 9, 3, 3), (1, 1)
+        ws, padding = (20, 9, 3, 3), (1, 1)
+        assert im2col_fused.uses_windows_t(np.float32, xs[3], 1, 1) == (path == "windows_t")
+        path = "windows" if path == "windows_t" else path  # _numba_path's name for both
         x = rng.standard_normal(xs).astype(np.float32)
         w = rng.standard_normal(ws).astype(np.float32)
         ho, wo = oracle.conv_out_shape(xs, ws, stride, padding)[2:]
