@@ -32,8 +32,8 @@ from .gemm import (
     blocking,
     macro_kernel,
     macro_kernel_cols_a,
-    macro_kernel_rows_a,
     macro_kernel_rows_b,
+    macro_kernel_rows_d,
     pack_a,
     pack_b,
     panels,
@@ -193,8 +193,10 @@ def _backward_images(isa, dy, x, wtpack, off, base, kh, kw, sh, sw, ph, pw, dx, 
 #
 #   forward   Y_ext (M x Ho*Wp) = W_mat @ cols          B rows: xpad + off[r]
 #             y[n] = Y_ext without its extra columns
-#   dW        dW^T (CKK x M) += cols @ dY_ext^T         A rows: xpad + off[r]; dY_ext^T packed,
-#                                                       zero in the extra columns
+#   dW        dW^T (CKK x M) += cols @ dY^T             A rows: xpad + off[r], stepped along
+#                                                       by a depth table over the kept
+#                                                       pixels only (oh*Wp + ow, ow < Wo:
+#                                                       kernels.gemm's "rows_d"); dY^T packed
 #   dX        dX_ext (C x H*Wp) = W2 @ dZ               the "full" convolution of dy with the
 #             W2[c, (m, i, j)] = w[m, c, i, j]          flipped kernel, as one GEMM of depth
 #             dZ[(m, i, j), q] = dz[m, base + q - i*Wp - j]     M*KH*KW: B rows are windows of
@@ -203,14 +205,15 @@ def _backward_images(isa, dy, x, wtpack, off, base, kh, kw, sh, sw, ph, pw, dx, 
 # An extra column reads across a row end into the next row: harmless, as its result is
 # dropped. Every kept result reads only its own window, because every wrapped read of a kept
 # column lands in an extra (zero) column of dz, and a forward window never wraps (ow + j <
-# Wo + KW - 1 = Wp). The price is the (KW - 1) / Wp wasted columns (conv2: 2 of 16), so the
-# path is taken when that is at most a third.
+# Wo + KW - 1 = Wp). The price is the (KW - 1) / Wp wasted columns of the forward and dX
+# (conv2: 2 of 16; the weight gradient's depth skips them), so the path is taken when that is
+# at most a third.
 #
 # Workspace of this forward, in numbers (T = threads):
 #     T * (C*Hp*Wp + KW + VL  +  M*Ho*Wp)     xpad (a window's last vector may read KW + VL
 #                                             past the planes) + Y_ext
 #     + ceil(M / MR)*MR * C*KH*KW             the packed weights
-# The backward allocates per thread xpad, the packed dY_ext^T (ceil(M/NR')*NR' * Ho*Wp, with
+# The backward allocates per thread xpad, the packed dY^T (ceil(M/NR')*NR' * Ho*Wo, with
 # NR' the dW GEMM's tile width, kernels.gemm.tile_shape(dtype, "rows")), dz
 # (M rows of (KH-1)*Wp + KW-1 + (ph+H)*Wp + VL), dX_ext (C*H*Wp) and a dW^T sum (CKK*M); and
 # the packed W2 once. Each thread writes only its own buffers and its own images' dx.
@@ -251,22 +254,23 @@ def _forward_windows(isa, x, wpack, off, ckk, ph, pw, y, bounds, xpads, yexts, m
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _backward_windows(isa, dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts, need_dx,
-                      dx_t, dx_offs, bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc,
-                      tiles):
-    """Thread t, for its images n: dwt_parts[t] += cols(x[n]) @ dY_ext^T, and dx[n] =
-    W2 @ dZ without its extra columns, or (dx_t: the transposed windows) (dZ^T @ W2^T)^T,
-    whose panels start at dx_offs. (mr, nr): the dX GEMM's tile."""
+def _backward_windows(isa, dy, x, w2pack, off, dsteps, dtab, ph, pw, lead, lz, dx, dwt_parts,
+                      need_dx, dx_t, dx_offs, bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra,
+                      nra, kc, tiles):
+    """Thread t, for its images n: dwt_parts[t] += cols(x[n]) @ dY^T over the kept pixels
+    (the depth steps along cols' rows by dsteps), and dx[n] = W2 @ dZ without its extra
+    columns, or (dx_t: the transposed windows) (dZ^T @ W2^T)^T, whose panels start at
+    dx_offs. (mr, nr): the dX GEMM's tile."""
     c, h, wd = x.shape[1], x.shape[2], x.shape[3]
-    m, ho = dy.shape[1], dy.shape[2]
+    m, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     ckk = dwt_parts.shape[1]
     wp = wd + 2 * pw
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             pad_image(x, n, ph, pw, xpads[t])
-            pack_dy_t(dy, n, wp, nra, dypacks[t])
-            macro_kernel_rows_a(isa, ho * wp, xpads[t], off, dypacks[t], dwt_parts[t], ckk, m,
-                                 n > bounds[t], mra, nra, kc, tiles[t])
+            pack_dy_t(dy, n, wo, nra, dypacks[t])  # dY^T over the kept pixels only
+            macro_kernel_rows_d(isa, ho * wo, xpads[t], off, dsteps, dypacks[t], dwt_parts[t],
+                                ckk, m, n > bounds[t], mra, nra, kc, tiles[t])
             if need_dx:
                 spread_dy(dy, n, wp, lead, lz, dzs[t])
                 if dx_t:
@@ -305,14 +309,15 @@ def backward_windows(dy, x, w, padding, need_dx, dx, parts):
     m, _, kh, kw = w.shape
     ph, pw = padding
     hp, wp = h + 2 * ph, wd + 2 * pw
-    ho = dy.shape[2]
+    ho, wo = dy.shape[2], dy.shape[3]
     blk = blocking(x.dtype)
     mr, nr, vl, dt = blk["mr"], blk["nr"], blk["vl"], x.dtype
     mra, nra = tile_shape(dt, "rows")  # the dW GEMM's tile: A's rows read in place
     ckk = c * kh * kw
     off = _window_offsets(c, kh, kw, hp, wp, mra)
     xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
-    dypacks = np.zeros((parts, panels(m, nra) * ho * wp), dtype=dt)
+    dypacks = np.zeros((parts, panels(m, nra) * ho * wo), dtype=dt)
+    dsteps = _panel_offsets(ho, wo, wp, 0, 1)  # pixel (oh, ow) of the depth: oh*Wp + ow
     dwt_parts = np.empty((parts, ckk, m), dtype=dt)
     lead, lz = dz_layout(kh, kw, wp, ph, h, ho, vl)  # where dy's rows go in dz
     dx_t = need_dx and uses_windows_t(dt, wd, h * wd, c)  # dX on the transposed windows
@@ -339,10 +344,10 @@ def backward_windows(dy, x, w, padding, need_dx, dx, parts):
     # one scratch tile per thread for both GEMMs' edge tiles: the larger of their shapes
     shapes = [scratch_tiles(dt, parts)] + ([scratch_tiles(dt, parts, "cols")] if dx_t else [])
     tiles = max(shapes, key=lambda t: t[0].size)
-    _backward_windows(gemm_isa(), dy, x, w2pack, off, dtab, ph, pw, lead, lz, dx, dwt_parts,
-                      need_dx, dx_t, dx_offs, split_bounds(n, parts, 1), xpads, dypacks, dzs,
-                      dxexts, mrt if dx_t else mr, nrt if dx_t else nr, mra, nra, blk["kc"],
-                      tiles)
+    _backward_windows(gemm_isa(), dy, x, w2pack, off, dsteps, dtab, ph, pw, lead, lz, dx,
+                      dwt_parts, need_dx, dx_t, dx_offs, split_bounds(n, parts, 1), xpads,
+                      dypacks, dzs, dxexts, mrt if dx_t else mr, nrt if dx_t else nr, mra, nra,
+                      blk["kc"], tiles)
     dwt = dwt_parts[0]
     for t in range(1, parts):
         dwt += dwt_parts[t]

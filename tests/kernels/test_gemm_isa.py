@@ -64,6 +64,12 @@ def test_rows_operands_every_isa(isa, shape, dtype):
     G.macro_kernel_rows_a(G.isa(), k, src, a_tab, bpack, c, m, n, False, mr, nr, blk["kc"],
                           np.zeros((mr, nr), dtype))
     np.testing.assert_allclose(c, np.stack([src[t:t + k] for t in a_tab[:m]]) @ b, **tol)
+    # the same rows stepped along by a depth table (here: skipping every third number)
+    d_tab = (np.arange(k) * 3 // 2).astype(np.int64)
+    src = rng.standard_normal(300 + 2 * k).astype(dtype)
+    G.macro_kernel_rows_d(G.isa(), k, src, a_tab, d_tab, bpack, c, m, n, False, mr, nr,
+                          blk["kc"], np.zeros((mr, nr), dtype))
+    np.testing.assert_allclose(c, np.stack([src[t + d_tab] for t in a_tab[:m]]) @ b, **tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
