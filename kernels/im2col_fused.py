@@ -44,7 +44,16 @@ from .gemm import (
 from .gemm import (
     isa as gemm_isa,
 )
-from .windows import crop, dz_layout, pack_dy_t, pad_image, spread_dy, transpose_into
+from .windows import (
+    crop,
+    dz_layout,
+    pack_dy_t,
+    pad_image,
+    panel_offsets,
+    spread_dy,
+    transpose_into,
+    uses_windows_t,
+)
 
 # --------------------------------------------------------------------------- packed: any stride
 # The "packed" path (any stride; stride 1 usually takes "windows", below; _numba_path picks)
@@ -317,12 +326,12 @@ def backward_windows(dy, x, w, padding, need_dx, dx, parts):
     off = _window_offsets(c, kh, kw, hp, wp, mra)
     xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
     dypacks = np.zeros((parts, panels(m, nra) * ho * wo), dtype=dt)
-    dsteps = _panel_offsets(ho, wo, wp, 0, 1)  # pixel (oh, ow) of the depth: oh*Wp + ow
+    dsteps = panel_offsets(ho, wo, wp, 0, 1)  # pixel (oh, ow) of the depth: oh*Wp + ow
     dwt_parts = np.empty((parts, ckk, m), dtype=dt)
     lead, lz = dz_layout(kh, kw, wp, ph, h, ho, vl)  # where dy's rows go in dz
     dx_t = need_dx and uses_windows_t(dt, wd, h * wd, c)  # dX on the transposed windows
     mrt, nrt = tile_shape(dt, "cols")
-    dx_offs = _panel_offsets(h, wd, wp, pw, mrt) if dx_t else np.empty(0, np.int64)
+    dx_offs = panel_offsets(h, wd, wp, pw, mrt) if dx_t else np.empty(0, np.int64)
     if need_dx:
         dtab = _dz_rows(m, kh, kw, wp, ph, lead, lz)
         w2 = w.transpose(1, 0, 2, 3).reshape(c, m * kh * kw)
@@ -380,30 +389,6 @@ def backward_windows(dy, x, w, padding, need_dx, dx, parts):
 # W2^T (ceil(C / NR')*NR' * M*KH*KW) and per thread dX^T (H*W*C).
 
 
-# The transposed result of one image (pixels x channels) must stay in L2 next to the padded
-# image, for the transpose back to NCHW to be cheap: MNIST's layers are 50-100 KiB; on the
-# wide benchmark layer (64 channels, 56 x 56: 784 KiB) the plain windows measured 1-5% faster.
-WINDOWS_T_MAX_BYTES = 256 << 10
-
-
-def uses_windows_t(dtype, wo, pixels, channels):
-    """True when the transposed windows suit a product of `pixels` x `channels` outputs of
-    rows `wo` wide: MR divides wo (the panels cover exactly the kept pixels) and the result
-    stays in L2."""
-    return (wo % tile_shape(dtype, "cols")[0] == 0
-            and pixels * channels * np.dtype(dtype).itemsize <= WINDOWS_T_MAX_BYTES)
-
-
-@functools.lru_cache(maxsize=64)
-def _panel_offsets(rows, width, ld, first, mr):
-    """a_offs[p] = r*ld + first + w0 for every panel (r, w0), w0 = 0, MR, .. < width: where
-    each panel of MR pixels starts on the padded rows. (Cached like _window_offsets.)"""
-    offs = (np.arange(rows)[:, None] * ld + first + np.arange(0, width, mr)).ravel()
-    offs = offs.astype(np.int64)
-    offs.flags.writeable = False
-    return offs
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def _forward_windows_t(isa, x, wtpack, off, a_offs, ph, pw, y, bounds, xpads, yts, mr, nr,
                        kc, tiles):
@@ -428,7 +413,7 @@ def forward_windows_t(x, w, padding, y, parts):
     mr, nr = tile_shape(x.dtype, "cols")
     ckk = c * kh * kw
     off = _window_offsets(c, kh, kw, hp, wp, 1)  # the depth table: one entry per (c, i, j)
-    a_offs = _panel_offsets(ho, wo, wp, 0, mr)
+    a_offs = panel_offsets(ho, wo, wp, 0, mr)
     wtpack = np.empty(panels(m, nr) * ckk, dtype=x.dtype)
     pack_b(w.reshape(m, ckk), True, 0, ckk, 0, m, nr, wtpack)  # B = W_mat^T
     xpads = np.zeros((parts, c * hp * wp + kw + blk["vl"]), dtype=x.dtype)

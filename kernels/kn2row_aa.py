@@ -41,6 +41,8 @@ the output, so the shift-add is the GEMM's write-out (the "windows" note below).
 the tap-by-tap GEMMs stacked over a chunk of images, and one parallel shift-add (gather, band
 add) kernel per tap and chunk; see the note at the Numba section for the chunk's memory.
 """
+import functools
+
 import numpy as np
 
 from ._common import out_size, taps
@@ -48,16 +50,27 @@ from ._numba import njit, prange, uintp  # sets the threading layer
 from .gemm import (
     blocking,
     isa,
-    macro_kernel_rows_a,
+    macro_kernel_cols_a,
     macro_kernel_rows_b,
+    macro_kernel_rows_d,
     pack_a,
+    pack_b,
     panels,
     scratch_tiles,
     split_bounds,
     tile_shape,
 )
 from .kn2row import SMALL_C, chunk_images, per_image_threads
-from .windows import crop, dz_layout, pack_dy_t, pad_image, spread_dy
+from .windows import (
+    crop,
+    dz_layout,
+    pack_dy_t,
+    pad_image,
+    panel_offsets,
+    spread_dy,
+    transpose_into,
+    uses_windows_t,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +172,10 @@ def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
     if parts:  # the windows path (see its note below)
         blk = blocking(dtype)
         hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
-        ho = hp - kh + 1
+        ho, wo = hp - kh + 1, wp - kw + 1
+        if uses_windows_t(dtype, wo, ho * wo, m):
+            return itemsize * (kh * kw * panels(m, tile_shape(dtype, "cols")[1]) * c
+                               + parts * (c * hp * wp + kw + blk["vl"] + ho * wo * m))
         return itemsize * (kh * kw * panels(m, blk["mr"]) * c
                            + parts * (c * hp * wp + kw + blk["vl"] + m * ho * wp))
     return 0 if c <= SMALL_C else itemsize * m * (h * wd + c)
@@ -324,11 +340,22 @@ def backward_numba(dy, x, w, stride, padding):
 #                         spread over Wp-wide rows with zeros around): the adjoint shift
 # Each thread's buffers are one image's (in L2); the images are shared out between threads
 # and every thread writes only its own images' y / dx and its own dW sum.
+# As in im2col (kernels/im2col_fused.py, "windows, transposed"): where the "cols" tile's MR
+# divides the output width, the forward and dX turn each tap's product round, so no padding
+# column is computed:
+#     Y^T (Ho*Wo x M) += B_ij^T @ W_ij^T     B_ij^T read in place by columns (one per channel)
+#     dX^T (H*W x C)  += dZ_ij^T @ W_ij      dZ_ij^T likewise, from dz
+# and transposed back to NCHW per image; and dW's depth steps over the kept pixels only
+# (kernels.gemm's "rows_d"), with dY^T packed without padding columns.
 # Workspace of this forward (T threads, MR = the GEMM's tile height):
 #     KH*KW * ceil(M/MR)*MR * C                the packed W_ij
 #     + T * (C*Hp*Wp + KW + VL + M*Ho*Wp)      xpad (+ the last window's tail) and Y_ext
+# or, transposed (NR' = the "cols" tile's width):
+#     KH*KW * ceil(M/NR')*NR' * C              the packed W_ij^T
+#     + T * (C*Hp*Wp + KW + VL + Ho*Wo*M)      xpad and Y^T
 # MNIST conv2, 2 threads: 0.14 MiB. The backward allocates per thread xpad, the packed
-# dY_ext^T, dz, dX_ext and a dW^T sum (KH*KW*C*M), and the packed W_ij^T once.
+# dY^T, dz, dX_ext (or dX^T) and a dW^T sum (KH*KW*C*M), and the packed W_ij^T (or W_ij)
+# once.
 
 
 def _uses_windows(x_shape, w_shape, stride, padding, dtype):
@@ -366,26 +393,65 @@ def _forward_windows(g, x, wpacks, offs, ph, pw, y, bounds, xpads, yexts, mr, nr
             crop(yexts[t], wp, 0, m * ho, wo, y, n)
 
 
+@functools.lru_cache(maxsize=64)
+def _turned_tables(c, kh, kw, hp, wp, ho, wo, mr):
+    """(chans, a_offs) of the turned-round forward: chans[c] = c*Hp*Wp, the depth table;
+    a_offs[tap] = where each MR-pixel panel starts for tap (i, j), shifted by i*Wp + j.
+    (Read-only, cached per layer shape: a training step asks for the same tables.)"""
+    chans = np.arange(c, dtype=np.int64) * (hp * wp)
+    a_offs = np.stack([panel_offsets(ho, wo, wp, i * wp + j, mr)
+                       for i in range(kh) for j in range(kw)])
+    chans.flags.writeable = False
+    a_offs.flags.writeable = False
+    return chans, a_offs
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def _backward_windows(g, dy, x, w2packs, offs, dtabs, ph, pw, lead, lz, dx, dwt_parts,
-                      bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc, tiles, rtiles):
-    """Thread t, for its images n and every tap: dwt_parts[t, tap] += B_ij @ dY_ext^T and
-    dX_ext += W_ij^T @ dZ_ij; dx[n] = dX_ext cropped."""
+def _forward_windows_t(g, x, wtpacks, chans, a_offs, ph, pw, y, bounds, xpads, yts, mr, nr, kc,
+                       tiles):
+    """Thread t, for its images n: y[n] = (sum over taps of B_ij^T @ W_ij^T)^T, B_ij^T read
+    by columns (chans[c] = c*Hp*Wp) from the tap's panel offsets a_offs[tap]."""
+    c = x.shape[1]
+    m, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    for t in prange(bounds.shape[0] - 1):
+        for n in range(bounds[t], bounds[t + 1]):
+            pad_image(x, n, ph, pw, xpads[t])
+            for tap in range(a_offs.shape[0]):
+                macro_kernel_cols_a(g, c, xpads[t], chans, a_offs[tap], wtpacks[tap], yts[t],
+                                    ho * wo, m, tap > 0, mr, nr, kc, tiles[t])
+            transpose_into(yts[t], y, n)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _backward_windows(g, dy, x, w2packs, offs, dsteps, dtabs, ph, pw, lead, lz, dx, dwt_parts,
+                      dx_t, dx_offs, bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc,
+                      tiles, rtiles):
+    """Thread t, for its images n and every tap: dwt_parts[t, tap] += B_ij @ dY^T over the
+    kept pixels (depth steps dsteps), and dX_ext += W_ij^T @ dZ_ij, dx[n] = dX_ext cropped;
+    or (dx_t) dX^T += dZ_ij^T @ W_ij, panels from dx_offs, dx[n] = dX^T transposed.
+    (mr, nr): the dX GEMM's tile."""
     c, h, wd = x.shape[1], x.shape[2], x.shape[3]
-    m, ho = dy.shape[1], dy.shape[2]
+    m, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     wp = wd + 2 * pw
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             pad_image(x, n, ph, pw, xpads[t])
-            pack_dy_t(dy, n, wp, nra, dypacks[t])
+            pack_dy_t(dy, n, wo, nra, dypacks[t])
             spread_dy(dy, n, wp, lead, lz, dzs[t])
             for tap in range(offs.shape[0]):
-                macro_kernel_rows_a(g, ho * wp, xpads[t], offs[tap], dypacks[t],
+                macro_kernel_rows_d(g, ho * wo, xpads[t], offs[tap], dsteps, dypacks[t],
                                     dwt_parts[t, tap], c, m, n > bounds[t], mra, nra, kc,
                                     rtiles[t])
-                macro_kernel_rows_b(g, m, w2packs[tap], dzs[t], dtabs[tap], dxexts[t], c,
-                                    h * wp, tap > 0, mr, nr, kc, tiles[t])
-            crop(dxexts[t], wp, pw, c * h, wd, dx, n)
+                if dx_t:
+                    macro_kernel_cols_a(g, m, dzs[t], dtabs[tap], dx_offs, w2packs[tap],
+                                        dxexts[t], h * wd, c, tap > 0, mr, nr, kc, tiles[t])
+                else:
+                    macro_kernel_rows_b(g, m, w2packs[tap], dzs[t], dtabs[tap], dxexts[t], c,
+                                        h * wp, tap > 0, mr, nr, kc, tiles[t])
+            if dx_t:
+                transpose_into(dxexts[t], dx, n)
+            else:
+                crop(dxexts[t], wp, pw, c * h, wd, dx, n)
 
 
 def _forward_numba_windows(x, w, padding, parts):
@@ -397,16 +463,28 @@ def _forward_numba_windows(x, w, padding, parts):
     dt = x.dtype
     blk = blocking(dt)
     mr, nr, vl = blk["mr"], blk["nr"], blk["vl"]
+    xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
+    y = np.empty((n, m, ho, wo), dtype=dt)
+    bounds = np.asarray(split_bounds(n, parts, 1))
+    if uses_windows_t(dt, wo, ho * wo, m):  # the taps' products turned round (see above)
+        mrt, nrt = tile_shape(dt, "cols")
+        chans, a_offs = _turned_tables(c, kh, kw, hp, wp, ho, wo, mrt)
+        wtpacks = np.empty((kh * kw, panels(m, nrt) * c), dtype=dt)
+        for i in range(kh):
+            for j in range(kw):
+                pack_b(w[:, :, i, j], True, 0, c, 0, m, nrt, wtpacks[i * kw + j])  # W_ij^T
+        yts = np.empty((parts, ho * wo, m), dtype=dt)
+        _forward_windows_t(isa(), x, wtpacks, chans, a_offs, ph, pw, y, bounds, xpads, yts,
+                           mrt, nrt, blk["kc"], scratch_tiles(dt, parts, "cols"))
+        return y
     offs = _tap_tables(c, kh, kw, hp, wp, c)
     wpacks = np.empty((kh * kw, panels(m, mr) * c), dtype=dt)
     for i in range(kh):
         for j in range(kw):
             pack_a(w[:, :, i, j], False, 0, m, 0, c, mr, wpacks[i * kw + j])
-    xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
     yexts = np.empty((parts, m, ho * wp), dtype=dt)
-    y = np.empty((n, m, ho, wo), dtype=dt)
-    _forward_windows(isa(), x, wpacks, offs, ph, pw, y, np.asarray(split_bounds(n, parts, 1)),
-                     xpads, yexts, mr, nr, blk["kc"], scratch_tiles(dt, parts))
+    _forward_windows(isa(), x, wpacks, offs, ph, pw, y, bounds, xpads, yexts, mr, nr,
+                     blk["kc"], scratch_tiles(dt, parts))
     return y
 
 
@@ -415,29 +493,37 @@ def _backward_numba_windows(dy, x, w, padding, parts):
     m, _, kh, kw = w.shape
     ph, pw = padding
     hp, wp = h + 2 * ph, wd + 2 * pw
-    ho = dy.shape[2]
+    ho, wo = dy.shape[2], dy.shape[3]
     dt = x.dtype
     blk = blocking(dt)
-    mr, nr, vl = blk["mr"], blk["nr"], blk["vl"]
+    vl = blk["vl"]
     mra, nra = tile_shape(dt, "rows")  # the dW GEMMs' tile: A's rows read in place
     offs = _tap_tables(c, kh, kw, hp, wp, panels(c, mra))
+    dsteps = panel_offsets(ho, wo, wp, 0, 1)  # dW's depth: the kept pixels, oh*Wp + ow
     lead, lz = dz_layout(kh, kw, wp, ph, h, ho, vl)  # where dy's rows go in dz
+    dx_t = uses_windows_t(dt, wd, h * wd, c)  # dX turned round (see above)
+    mr, nr = tile_shape(dt, "cols") if dx_t else (blk["mr"], blk["nr"])
+    dx_offs = panel_offsets(h, wd, wp, pw, mr) if dx_t else np.empty(0, np.int64)
     dtabs = np.empty((kh * kw, m), dtype=np.int64)
-    w2packs = np.empty((kh * kw, panels(c, mr) * m), dtype=dt)
+    w2packs = np.empty((kh * kw, panels(c, nr if dx_t else mr) * m), dtype=dt)
     for i in range(kh):
         for j in range(kw):
             dtabs[i * kw + j] = np.arange(m) * lz + lead + (ph - i) * wp - j
-            pack_a(w[:, :, i, j], True, 0, c, 0, m, mr, w2packs[i * kw + j])  # W_ij^T
+            if dx_t:  # B = W_ij, in panels of NR' input channels
+                pack_b(w[:, :, i, j], False, 0, m, 0, c, nr, w2packs[i * kw + j])
+            else:     # A = W_ij^T
+                pack_a(w[:, :, i, j], True, 0, c, 0, m, mr, w2packs[i * kw + j])
     xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
-    dypacks = np.zeros((parts, panels(m, nra) * ho * wp), dtype=dt)
+    dypacks = np.zeros((parts, panels(m, nra) * ho * wo), dtype=dt)
     dzs = np.zeros((parts, m * lz), dtype=dt)
-    dxexts = np.empty((parts, c, h * wp), dtype=dt)
+    dxexts = np.empty((parts, h * wd, c) if dx_t else (parts, c, h * wp), dtype=dt)
     dwt_parts = np.empty((parts, kh * kw, c, m), dtype=dt)
     rtiles = np.empty((parts, mra, nra), dtype=dt)
     dx = np.empty_like(x)
-    _backward_windows(isa(), dy, x, w2packs, offs, dtabs, ph, pw, lead, lz, dx, dwt_parts,
-                      np.asarray(split_bounds(n, parts, 1)), xpads, dypacks, dzs, dxexts,
-                      mr, nr, mra, nra, blk["kc"], scratch_tiles(dt, parts), rtiles)
+    _backward_windows(isa(), dy, x, w2packs, offs, dsteps, dtabs, ph, pw, lead, lz, dx,
+                      dwt_parts, dx_t, dx_offs, np.asarray(split_bounds(n, parts, 1)), xpads,
+                      dypacks, dzs, dxexts, mr, nr, mra, nra, blk["kc"],
+                      scratch_tiles(dt, parts, "cols" if dx_t else "packed"), rtiles)
     dwt = dwt_parts.sum(axis=0)                                   # (KH*KW, C, M)
     dw = np.ascontiguousarray(dwt.reshape(kh, kw, c, m).transpose(3, 2, 0, 1))
     return dx, dw

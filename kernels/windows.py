@@ -14,8 +14,15 @@ that works on one padded image at a time: im2row, kn2row, kn2col too), and live 
     pack_dy_t   dy[n]^T on the padded width, packed as the dW GEMM's B operand
     dz_layout   where spread_dy puts each channel's rows in dz
     transpose_into   dst[n] = src^T: a GEMM that made pixels x channels, back to NCHW
+    uses_windows_t, panel_offsets   the "transposed windows" (pixels as the GEMM's rows,
+                     kernels.gemm's "cols" operand: kernels/im2col_fused.py tells why)
 """
+import functools
+
+import numpy as np
+
 from ._numba import njit, uintp
+from .gemm import tile_shape
 
 
 @njit(cache=True, nogil=True)
@@ -103,3 +110,29 @@ def transpose_into(src, dst, n):
             d = base + uintp(r * p_all)
             for p in range(p0, p1):
                 df[d + uintp(p)] = sf[uintp(p * r_all + r)]
+
+
+# The transposed result of one image (pixels x channels) must stay in L2 next to the padded
+# image, for the transpose back to NCHW to be cheap: MNIST's layers are 50-100 KiB; on the
+# wide benchmark layer (64 channels, 56 x 56: 784 KiB) im2col's plain windows measured 1-5%
+# faster.
+WINDOWS_T_MAX_BYTES = 256 << 10
+
+
+def uses_windows_t(dtype, wo, pixels, channels):
+    """True when the transposed windows suit a product of `pixels` x `channels` outputs of
+    rows `wo` wide: the "cols" tile's MR divides wo (its panels cover exactly the kept
+    pixels) and the result stays in L2."""
+    return (wo % tile_shape(dtype, "cols")[0] == 0
+            and pixels * channels * np.dtype(dtype).itemsize <= WINDOWS_T_MAX_BYTES)
+
+
+@functools.lru_cache(maxsize=64)
+def panel_offsets(rows, width, ld, first, mr):
+    """offs[p] = r*ld + first + w0 for every panel (r, w0), w0 = 0, MR, .. < width: where
+    each panel of MR pixels starts on rows ld apart (read-only, cached per layer shape: a
+    training step asks for the same tables each time). MR = 1: every pixel's offset."""
+    offs = (np.arange(rows)[:, None] * ld + first + np.arange(0, width, mr)).ravel()
+    offs = offs.astype(np.int64)
+    offs.flags.writeable = False
+    return offs

@@ -141,3 +141,40 @@ def test_fused_stride1_path_every_isa(monkeypatch, isa, name, xs, ws, padding):
             oracle.assert_close(dw, dw_ref, f"dw, {name}/{isa}", dtype)
     finally:
         G.set_isa(old)
+
+
+@pytest.mark.parametrize("isa", G.supported())
+@pytest.mark.parametrize("xs,ws,padding,turned", [
+    ((4, 9, 12, 10), (20, 9, 3, 3), (1, 1), False),   # Wo = 10: the plain windows
+    ((3, 17, 9, 14), (40, 17, 3, 3), (1, 1), True),   # Wo = 14: taps' products turned round,
+    ((2, 6, 7, 28), (12, 6, 3, 5), (2, 2), True),     # M and C not whole NR' panels
+])
+def test_kn2row_aa_windows_every_isa(monkeypatch, isa, xs, ws, padding, turned):
+    """kn2row-aa's stride-1 windows (each tap's GEMM reads the padded image in place, the
+    shift-add is its write-out), plain or turned round (pixels as the GEMM's rows: the "cols"
+    operand, and dW's depth over the kept pixels), on every micro-kernel, against PyTorch;
+    its workspace formula against what the forward allocates."""
+    aa = _mod("kn2row_aa")
+    windows = _mod("windows")
+    monkeypatch.setattr(G, "MODE", "numba")
+    old = G.set_isa(isa)
+    try:
+        for dtype in oracle.DTYPES:
+            ho, wo = oracle.conv_out_shape(xs, ws, (1, 1), padding)[2:]
+            assert aa._uses_windows(xs, ws, (1, 1), padding, dtype)
+            assert windows.uses_windows_t(dtype, wo, ho * wo, ws[0]) == turned
+            rng = np.random.default_rng(3)
+            x = rng.standard_normal(xs).astype(dtype)
+            w = rng.standard_normal(ws).astype(dtype)
+            aa.forward_numba(x, w, (1, 1), padding)  # compile first: the compiler allocates
+            y, peak = _peak_extra(aa.forward_numba, x, w, (1, 1), padding)
+            want = aa.workspace_bytes_numba(xs, ws, (1, 1), padding, np.dtype(dtype).itemsize)
+            assert 0 <= peak - y.nbytes - want <= SLACK, (peak - y.nbytes, want)
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            dx, dw = aa.backward_numba(dy, x, w, (1, 1), padding)
+            y_ref, dx_ref, dw_ref = oracle.torch_conv(x, w, dy, (1, 1), padding)
+            oracle.assert_close(y, y_ref, f"y, kn2row-aa/{isa}", dtype)
+            oracle.assert_close(dx, dx_ref, f"dx, kn2row-aa/{isa}", dtype)
+            oracle.assert_close(dw, dw_ref, f"dw, kn2row-aa/{isa}", dtype)
+    finally:
+        G.set_isa(old)
