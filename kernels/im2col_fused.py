@@ -14,7 +14,7 @@ remove passes:
   2. "windows" (stride 1): do not write the patch matrix at all. At stride 1, over the padded
      width, every row of the patch matrix is a window of the padded image, so the
      micro-kernel reads its rows in place through a table of offsets (kernels.gemm's "rows"
-     operands: macro_kernel_rows_a / _rows_b). The price: KW - 1 extra output columns per
+     operands: macro_kernel_rows_d / _rows_b). The price: KW - 1 extra output columns per
      row, computed and dropped.
 
 Both use only kernels.gemm's public interface (isa, blocking, tile_shape, pack_a, pack_b,

@@ -63,8 +63,8 @@ from .gemm import (
     blocking,
     isa,
     macro_kernel,
-    macro_kernel_rows_a,
     macro_kernel_rows_b,
+    macro_kernel_rows_d,
     macro_kernel_taps,
     matmul,
     pack_a,
@@ -75,7 +75,7 @@ from .gemm import (
     tile_shape,
     uses_numba,
 )
-from .windows import crop, dz_layout, pack_dy_t, pad_image, spread_dy
+from .windows import crop, dz_layout, pack_dy_t, pad_image, panel_offsets, spread_dy
 
 
 def kernel_matrix(w):
@@ -520,10 +520,11 @@ def _backward_per_image(dy, x, w, stride, padding, parts):
 #            input channels than MR (a first layer): a direct loop (_dx_small_c) instead, as
 #            the GEMM would compute MR rows for every one it keeps.
 #   dW       dW_ij = dP_ij @ x^T = dY @ S_ij(x)^T: the same sum with the shift moved onto x,
-#            dWk^T[(ij, c), m] = sum_o xpad[c, o + i*Wp + j] * dY_ext[m, o]: A's rows read in
-#            place in the zero-padded image (macro_kernel_rows_a), B = dy[n]^T packed once
-#            (windows.pack_dy_t), depth Ho*Wp. (dP @ x^T would have C columns: a fraction of the
-#            64-wide tile for C < 64, a sixty-fourth for a first layer.)
+#            dWk^T[(ij, c), m] = sum_o xpad[c, o + i*Wp + j] * dY[m, o]: A's rows read in
+#            place in the zero-padded image, stepped along over the kept pixels only, o =
+#            oh*Wp + ow (macro_kernel_rows_d), B = dy[n]^T packed once (windows.pack_dy_t),
+#            depth Ho*Wo. (dP @ x^T would have C columns: a fraction of the 64-wide tile for
+#            C < 64, a sixty-fourth for a first layer.)
 #   C < MR   The forward's K = C is then too short: every tile would be a read-modify-write
 #            of y_ext for one or two multiply-adds. The taps are folded into the depth
 #            instead (_forward_folded: y_ext = W_fold @ S(x), depth K*K*C, the shifted rows
@@ -538,7 +539,7 @@ def _backward_per_image(dy, x, w, stride, padding, parts):
 #     L = lead + max(H + ph, Ho) * Wp,  lead = max(0, (KH-1-ph)*Wp + KW-1)
 # (MNIST conv2, 2 threads: 0.31 MiB against the per-image path's 0.99 MiB); C < MR:
 #     ceil(M/MR)*MR * K*K*C + T * (C*Hp*Wp + KW + VL + M*Ho*Wp).
-# The backward holds per thread xpad (C*Hp*Wp + KW + VL), the packed dY_ext^T, dz (M rows of
+# The backward holds per thread xpad (C*Hp*Wp + KW + VL), the packed dY^T, dz (M rows of
 # lz numbers), dx_ext (C*H*Wp) and a dW^T sum (K*K*C x M), plus Wk^T packed once (C >= MR).
 
 
@@ -713,21 +714,21 @@ def _dx_small_c(wk, dz, dtab, dxext):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _backward_fused_images(g, dy, x, wk, wktpack, xtab, dtab, ph, pw, lead, lz, dx, dwt_parts,
-                           small, bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra, nra, kc,
-                           tiles):
-    """Thread t, for its images n: dWk^T_t += S(x[n]) @ dY_ext^T; dx[n] = Wk^T @ dP, dP's
-    rows read in place in dz."""
+def _backward_fused_images(g, dy, x, wk, wktpack, xtab, dsteps, dtab, ph, pw, lead, lz, dx,
+                           dwt_parts, small, bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra,
+                           nra, kc, tiles):
+    """Thread t, for its images n: dWk^T_t += S(x[n]) @ dY^T over the kept pixels (depth
+    steps dsteps); dx[n] = Wk^T @ dP, dP's rows read in place in dz."""
     c, h, wd = x.shape[1], x.shape[2], x.shape[3]
-    m, ho = dy.shape[1], dy.shape[2]
+    m, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     kkc = dwt_parts.shape[1]
     wp = wd + 2 * pw
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             pad_image(x, n, ph, pw, xpads[t])
-            pack_dy_t(dy, n, wp, nra, dypacks[t])
-            macro_kernel_rows_a(g, ho * wp, xpads[t], xtab, dypacks[t], dwt_parts[t], kkc, m,
-                                n > bounds[t], mra, nra, kc, tiles[t])
+            pack_dy_t(dy, n, wo, nra, dypacks[t])
+            macro_kernel_rows_d(g, ho * wo, xpads[t], xtab, dsteps, dypacks[t], dwt_parts[t],
+                                kkc, m, n > bounds[t], mra, nra, kc, tiles[t])
             spread_dy(dy, n, wp, lead, lz, dzs[t])
             if small:
                 _dx_small_c(wk, dzs[t], dtab, dxexts[t])
@@ -744,13 +745,14 @@ def backward_fused(dy, x, w, padding, parts):
     m, _, kh, kw = w.shape
     ph, pw = padding
     hp, wp = h + 2 * ph, wd + 2 * pw
-    ho = dy.shape[2]
+    ho, wo = dy.shape[2], dy.shape[3]
     dt = x.dtype
     blk = blocking(dt)
     mr, nr, vl = blk["mr"], blk["nr"], blk["vl"]
     mra, nra = tile_shape(dt, "rows")
     taps, kkm = kh * kw, kh * kw * m
     xtab = _x_rows(c, kh, kw, hp, wp, mra)  # A of the dW GEMM: windows of xpad, in place
+    dsteps = panel_offsets(ho, wo, wp, 0, 1)  # its depth: the kept pixels, oh*Wp + ow
     # dP's rows in dz: row (ij, m) = dz[m*lz + lead + (ph - i)*Wp - j:]
     lead, lz = dz_layout(kh, kw, wp, ph, h, ho, vl)
     shift = (ph * wp - np.arange(kh)[:, None] * wp - np.arange(kw)).ravel()
@@ -761,12 +763,12 @@ def backward_fused(dy, x, w, padding, parts):
     if not small:
         pack_a(wk, True, 0, c, 0, kkm, mr, wktpack)        # A = Wk^T (C x K*K*M)
     xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
-    dypacks = np.zeros((parts, panels(m, nra) * ho * wp), dtype=dt)
+    dypacks = np.zeros((parts, panels(m, nra) * ho * wo), dtype=dt)
     dzs = np.zeros((parts, m * lz), dtype=dt)
     dxexts = np.empty((parts, c, h * wp), dtype=dt)
     dwt_parts = np.empty((parts, taps * c, m), dtype=dt)
     dx = np.empty_like(x)
-    _backward_fused_images(isa(), dy, x, wk, wktpack, xtab, dtab, ph, pw, lead, lz, dx,
+    _backward_fused_images(isa(), dy, x, wk, wktpack, xtab, dsteps, dtab, ph, pw, lead, lz, dx,
                            dwt_parts, small, split_bounds(n, parts, 1), xpads, dypacks, dzs,
                            dxexts, mr, nr, mra, nra, blk["kc"], scratch_tiles(dt, parts))
     dwt = dwt_parts[0]

@@ -37,9 +37,9 @@ im2col_fused.py packs its own operands, or reads them in place by row tables):
     blocking(dtype)         dict(vl, mr, nr, kc, mc, nc) of the active ISA
     tile_shape(dtype, a_mode)  (MR, NR), "packed", "rows" or "cols" (A read in place)
     pack_a, pack_b          packing (pack.py)
-    macro_kernel, macro_kernel_rows_a, macro_kernel_rows_b, macro_kernel_rows_d,
-    macro_kernel_cols_a     loops 2-1 (macro.py); "rows_d": A's rows read in place along a
-                            depth table, "cols": A read in place by columns
+    macro_kernel, macro_kernel_rows_b, macro_kernel_rows_d, macro_kernel_cols_a
+                            loops 2-1 (macro.py): B's rows read in place, A's rows (along
+                            a depth table), A by columns
     macro_kernel_taps       loops 2-1 over several products, each added into C at its own
                             offset from the register tile (a fused shift-add: kn2row, kn2col)
     split_bounds(total, parts, align)   cut points of a range, one part per thread
@@ -62,7 +62,6 @@ from .macro import (
     gemm_parallel,
     macro_kernel,
     macro_kernel_cols_a,
-    macro_kernel_rows_a,
     macro_kernel_rows_b,
     macro_kernel_rows_d,
     macro_kernel_taps,
@@ -73,7 +72,7 @@ from .pack import pack_a, pack_b, panels
 __all__ = [
     "BLOCKING", "DOT_KC", "HAS_AVX512", "ISA", "ISAS", "MODE", "MODES", "Isa", "available",
     "blocking", "gemm", "gemm_info", "isa", "macro_kernel", "macro_kernel_cols_a",
-    "macro_kernel_rows_a", "macro_kernel_rows_d",
+    "macro_kernel_rows_d",
     "macro_kernel_rows_b", "macro_kernel_taps", "make_microkernel", "matmul", "pack_a",
     "pack_b", "panels", "plan", "scratch_tiles", "set_isa", "split_bounds", "supported",
     "tile_shape", "uses_numba",

@@ -9,11 +9,12 @@
 
 gemm_serial is loops 5-3 (with packing), macro_kernel loops 2-1. An edge tile of C (fewer
 than MR rows or NR columns) is computed into a scratch tile by the narrowest kernel that
-covers it, and only its valid part is added to C. macro_kernel_rows_a / _rows_b are loops
+covers it, and only its valid part is added to C. macro_kernel_rows_b / _rows_d / _cols_a are loops
 2-1 with one operand read in place through a row table instead of packed (kernels/
-im2col_fused.py: a stride-1 patch matrix whose rows are windows of the padded image);
-macro_kernel_rows_d steps along A's rows by a depth table (skipping their padding columns),
-and macro_kernel_cols_a reads A by columns (that matrix transposed).
+im2col_fused.py: a stride-1 patch matrix whose rows are windows of the padded image):
+macro_kernel_rows_b reads B's rows, macro_kernel_rows_d A's rows stepped along by a depth
+table (which can skip their padding columns), macro_kernel_cols_a A by columns (that
+matrix transposed).
 macro_kernel_taps is loops 2-1 over several products at once, each added into C at its own
 offset straight from the register tile (kernels/kn2row.py and kn2col.py: the shift-add of a
 convolution's taps, fused into the GEMM's write-out).
@@ -37,10 +38,6 @@ from .microkernel import (
     MICRO_2,
     MICRO_COLS_A,
     MICRO_COLS_A_1,
-    MICRO_ROWS_A,
-    MICRO_ROWS_A_1,
-    MICRO_ROWS_A_2,
-    MICRO_ROWS_A_3,
     MICRO_ROWS_B,
     MICRO_ROWS_B_1,
     MICRO_ROWS_B_2,
@@ -141,45 +138,14 @@ def macro_kernel_rows_b(isa, k, apack, b, b_tab, c, m, n, accumulate, mr, nr, kc
 
 
 @njit(cache=True, nogil=True)
-def macro_kernel_rows_a(isa, k, a, a_tab, bpack, c, m, n, accumulate, mr, nr, kc_max, tile):
-    """c[:m, :n] (+)= A @ B,  A[i, kk] = a[a_tab[i] + kk] (a_tab holds ceil(m/MR)*MR entries,
-    those past row m any valid offset), B packed over its whole depth k as in macro_kernel,
-    in panels of NR columns. (MR, NR) must be tile_shape(dtype, "rows"); `tile` is any
-    scratch of MR*NR numbers. c is C-contiguous."""
-    ldc = c.shape[1]
-    cf = c.ravel()
-    tf = tile.ravel()
-    vl = lanes(isa, tile)
-    for pc in range(0, k, kc_max):
-        kc = min(kc_max, k - pc)
-        add = accumulate or pc > 0
-        for j_r in range(0, n, nr):
-            b_off = (j_r // nr) * k * nr + pc * nr
-            cols = min(nr, n - j_r)
-            for i_r in range(0, m, mr):
-                rows = min(mr, m - i_r)
-                tab = a_tab[i_r:i_r + mr]
-                if rows == mr and cols == nr:
-                    MICRO_ROWS_A(isa, kc, a, tab, pc, bpack, b_off, cf, i_r * ldc + j_r, ldc,
-                                 add)
-                    continue
-                if cols <= vl:
-                    MICRO_ROWS_A_1(isa, kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
-                elif cols <= 2 * vl:
-                    MICRO_ROWS_A_2(isa, kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
-                elif cols <= 3 * vl:
-                    MICRO_ROWS_A_3(isa, kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
-                else:
-                    MICRO_ROWS_A(isa, kc, a, tab, pc, bpack, b_off, tf, 0, nr, False)
-                store_tile(tf, nr, c, i_r, j_r, rows, cols, add)
-
-
-@njit(cache=True, nogil=True)
 def macro_kernel_rows_d(isa, k, a, a_tab, d_tab, bpack, c, m, n, accumulate, mr, nr, kc_max,
                         tile):
-    """macro_kernel_rows_a with a depth table: A[i, kk] = a[a_tab[i] + d_tab[kk]], so the
-    depth can skip numbers of A's rows (d_tab holds k entries). Same tile and operands
-    otherwise."""
+    """c[:m, :n] (+)= A @ B,  A[i, kk] = a[a_tab[i] + d_tab[kk]]: A's rows read in place,
+    stepped along by a depth table (d_tab = 0, 1, 2, .. reads them straight; a table can skip
+    numbers, e.g. a patch-matrix row's padding columns). a_tab holds ceil(m/MR)*MR entries,
+    those past row m any valid offset; B packed over its whole depth k as in macro_kernel, in
+    panels of NR columns. (MR, NR) must be tile_shape(dtype, "rows"); `tile` is any scratch
+    of MR*NR numbers. c is C-contiguous."""
     ldc = c.shape[1]
     cf = c.ravel()
     tf = tile.ravel()

@@ -21,18 +21,18 @@ the accumulators are loop-carried SSA values (phis), which LLVM keeps in registe
 
 Every kernel takes the ISA first (an Isa object; its Numba type, IsaType, names it), then:
   a_mode "packed" (apack, a_off):        A[i, k] = apack[a_off + k*MR + i]
-  a_mode "rows"   (a, a_tab, a_off):     A[i, k] = a[a_tab[i] + a_off + k]
-  a_mode "cols"   (a, a_tab, t0, a_off): A[i, k] = a[a_tab[t0 + k] + a_off + i]
   a_mode "rows_d" (a, a_tab, d_tab, a_off):  A[i, k] = a[a_tab[i] + d_tab[a_off + k]]
+  a_mode "cols"   (a, a_tab, t0, a_off): A[i, k] = a[a_tab[t0 + k] + a_off + i]
   b_mode "packed" (bpack, b_off):        B[k, j] = bpack[b_off + k*NR + j]
   b_mode "rows"   (b, b_tab, t0, b_off): B[k, j] = b[b_tab[t0 + k] + b_off + j]
 then (c, c_off, ldc, accumulate): C[c_off + i*ldc + j] (+)= sum_k A[i, k] * B[k, j].
-"packed" is what kernels/gemm/pack.py writes; "rows" reads an operand in place, one row
-anywhere in an array (rows may overlap, as a convolution's patch-matrix rows do); "cols"
-reads A in place one *column* at a time: its MR numbers side by side, anywhere in an array
-(a transposed patch matrix: MR neighbouring output pixels of one tap, kernels/im2col_fused.py);
-"rows_d" reads A's rows in place but steps along them by a depth table, so the depth can
-skip numbers (a patch-matrix row's padding columns). "rows_d" has the "rows" tile.
+"packed" is what kernels/gemm/pack.py writes; "rows" reads B in place, one row anywhere in
+an array (rows may overlap, as a convolution's patch-matrix rows do); "rows_d" reads A's rows
+in place, stepped along by a depth table (a table 0, 1, 2, .. reads them straight; one can
+skip numbers, such as a patch-matrix row's padding columns: the step costs one load per k,
+shared by the MR rows); "cols" reads A in place one *column* at a time: its MR numbers side
+by side, anywhere in an array (a transposed patch matrix: MR neighbouring output pixels of
+one tap, kernels/im2col_fused.py).
 """
 import numpy as np
 from llvmlite import ir
@@ -60,10 +60,11 @@ COLS_TILE = {"avx512": (14, 2), "avx2": (7, 1), "scalar": (7, 4)}
 
 
 def tile_of(isa, dt, a_mode="packed"):
-    """(MR, NR) of the register tile: reading A's rows in place costs a load per row and per
-    k where packed A's MR numbers sit side by side, so that kernel has its own tile (AVX-512:
-    6 x 4 vectors, 6 + 4 loads per 24 FMAs, covering a 64-wide C with no edge); so does the
-    kernel that reads A's columns in place (COLS_TILE)."""
+    """(MR, NR) of the register tile: reading A's rows in place ("rows", the tile of the
+    "rows_d" operand) costs a load per row and per k where packed A's MR numbers sit side by
+    side, so that kernel has its own tile (AVX-512: 6 x 4 vectors, 6 + 4 loads per 24 FMAs,
+    covering a 64-wide C with no edge); so does the kernel that reads A's columns in place
+    (COLS_TILE)."""
     blk = isa.blocking[np.dtype(dt)]
     if a_mode in ("rows", "rows_d"):
         return isa.rows_mr, isa.rows_nv * blk["vl"]
@@ -126,10 +127,6 @@ def make_microkernel(vectors, a_mode="packed", b_mode="packed"):
                         accumulate):
             return typer((isa, kc, apack, a_off, b, b_tab, t0, b_off, c, c_off, ldc,
                           accumulate))
-    elif a_mode == "rows" and b_mode == "packed":
-        def microkernel(typingctx, isa, kc, a, a_tab, a_off, bpack, b_off, c, c_off, ldc,
-                        accumulate):
-            return typer((isa, kc, a, a_tab, a_off, bpack, b_off, c, c_off, ldc, accumulate))
     elif a_mode == "rows_d" and b_mode == "packed":
         def microkernel(typingctx, isa, kc, a, a_tab, d_tab, a_off, bpack, b_off, c, c_off,
                         ldc, accumulate):
@@ -149,7 +146,7 @@ def _microkernel_ir(isa, dt, vl, mr, nr, nv, a_mode, b_mode, sig):
     """C[c_off + i*ldc + j] (+)= sum_{k < kc} A[i, k] * B[k, j],  i < MR, j < nv*VL, for the
     arguments (kc, <A's>, <B's>, c, c_off, ldc, accumulate) (the module docstring's modes).
     `accumulate` false overwrites C (the first depth block), true adds to it."""
-    na = {"packed": 2, "rows": 3, "cols": 4, "rows_d": 4}[a_mode]
+    na = {"packed": 2, "cols": 4, "rows_d": 4}[a_mode]
     nb = 2 if b_mode == "packed" else 4
 
     def codegen(context, builder, signature, args):
@@ -167,12 +164,9 @@ def _microkernel_ir(isa, dt, vl, mr, nr, nv, a_mode, b_mode, sig):
         elif a_mode == "cols":  # a + a_off, and the table from entry t0 on
             a_base = element(ia, args[ia + 3])
             a_tab = element(ia + 1, args[ia + 2])
-        elif a_mode == "rows_d":  # one pointer per row of A; the depth table from a_off on
+        else:  # "rows_d": one pointer per row of A; the depth table from a_off on
             a_rows = [element(ia, builder.load(element(ia + 1, const(i)))) for i in range(mr)]
             d_tab = element(ia + 2, args[ia + 3])
-        else:  # one pointer per row of A, from the table
-            a_rows = [builder.gep(element(ia, builder.load(element(ia + 1, const(i)))),
-                                  [args[ia + 2]]) for i in range(mr)]
         if b_mode == "packed":
             b_base = element(ib, args[ib + 1])
         else:
@@ -209,11 +203,9 @@ def _microkernel_ir(isa, dt, vl, mr, nr, nv, a_mode, b_mode, sig):
         elif a_mode == "cols":  # column k of A: MR numbers side by side, where the table says
             a_col = builder.gep(a_base, [builder.load(builder.gep(a_tab, [k]))])
             a_ptrs = [builder.gep(a_col, [const(i)]) for i in range(mr)]
-        elif a_mode == "rows_d":  # the same step along every row, from the depth table
+        else:  # "rows_d": the same step along every row, from the depth table
             step = builder.load(builder.gep(d_tab, [k]))
             a_ptrs = [builder.gep(a_rows[i], [step]) for i in range(mr)]
-        else:
-            a_ptrs = [builder.gep(a_rows[i], [k]) for i in range(mr)]
         new = []
         for i in range(mr):
             a_ik = builder.load(a_ptrs[i])                            # A[i, k]
@@ -260,10 +252,6 @@ MICRO_2 = make_microkernel(2)
 MICRO_ROWS_B = make_microkernel(None, "packed", "rows")
 MICRO_ROWS_B_1 = make_microkernel(1, "packed", "rows")
 MICRO_ROWS_B_2 = make_microkernel(2, "packed", "rows")
-MICRO_ROWS_A = make_microkernel(None, "rows", "packed")  # tile_of(isa, dt, "rows")
-MICRO_ROWS_A_1 = make_microkernel(1, "rows", "packed")
-MICRO_ROWS_A_2 = make_microkernel(2, "rows", "packed")
-MICRO_ROWS_A_3 = make_microkernel(3, "rows", "packed")
 MICRO_ROWS_D = make_microkernel(None, "rows_d", "packed")  # tile_of(isa, dt, "rows")
 MICRO_ROWS_D_1 = make_microkernel(1, "rows_d", "packed")
 MICRO_ROWS_D_2 = make_microkernel(2, "rows_d", "packed")

@@ -116,7 +116,7 @@ ROWS_SHAPES = [  # m, n, k: one tile, edges (1-, 2-, 3-vector kernels), several 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", ROWS_SHAPES)
 def test_macro_kernels_reading_rows_in_place(shape, dtype):
-    """macro_kernel_rows_b / _rows_a: one operand read through a row table (rows anywhere in
+    """macro_kernel_rows_b / _rows_d: one operand read through a row table (rows anywhere in
     an array, overlapping), the other packed, against NumPy; overwrite and accumulate."""
     m, n, k = shape
     blk = G.BLOCKING[np.dtype(dtype)]
@@ -147,10 +147,13 @@ def test_macro_kernels_reading_rows_in_place(shape, dtype):
     b = rng.standard_normal((k, n)).astype(dtype)
     bpack = np.zeros(-(-n // nr) * nr * k, dtype)
     G.pack_b(b, False, 0, k, 0, n, nr, bpack)
-    G.macro_kernel_rows_a(G.isa(), k, src, a_tab, bpack, c, m, n, False, mr, nr, kc, tile)
+    straight = np.arange(k)  # a depth table that reads the rows straight
+    G.macro_kernel_rows_d(G.isa(), k, src, a_tab, straight, bpack, c, m, n, False, mr, nr, kc,
+                          tile)
     np.testing.assert_allclose(c, a @ b, **tol)
     start = c.copy()
-    G.macro_kernel_rows_a(G.isa(), k, src, a_tab, bpack, c, m, n, True, mr, nr, kc, tile)
+    G.macro_kernel_rows_d(G.isa(), k, src, a_tab, straight, bpack, c, m, n, True, mr, nr, kc,
+                          tile)
     np.testing.assert_allclose(c, start + a @ b, **tol)
 
 

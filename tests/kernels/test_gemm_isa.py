@@ -61,8 +61,8 @@ def test_rows_operands_every_isa(isa, shape, dtype):
     b = rng.standard_normal((k, n)).astype(dtype)
     bpack = np.zeros(-(-n // nr) * nr * k, dtype)
     G.pack_b(b, False, 0, k, 0, n, nr, bpack)
-    G.macro_kernel_rows_a(G.isa(), k, src, a_tab, bpack, c, m, n, False, mr, nr, blk["kc"],
-                          np.zeros((mr, nr), dtype))
+    G.macro_kernel_rows_d(G.isa(), k, src, a_tab, np.arange(k), bpack, c, m, n, False, mr, nr,
+                          blk["kc"], np.zeros((mr, nr), dtype))
     np.testing.assert_allclose(c, np.stack([src[t:t + k] for t in a_tab[:m]]) @ b, **tol)
     # the same rows stepped along by a depth table (here: skipping every third number)
     d_tab = (np.arange(k) * 3 // 2).astype(np.int64)
