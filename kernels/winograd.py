@@ -27,7 +27,8 @@ Across channels the products become matrix multiplications: for each of the 16 p
     th = ceil(Ho / 2), tw = ceil(Wo / 2): when Ho or Wo is odd the last row/column of tiles
     computes one output too many, on zero padding, and it is cropped.
 
-GEMM shapes (rows M, cols N, inner K), 16 of each:
+GEMM shapes (rows M, cols N, inner K), 16 of each (the Numba path cuts P into chunks of
+nb tiles, below: 16 GEMMs per chunk, with nb for P):
     forward      Mw[k] = U[k] @ V[k]             M = Cout   N = P = N*th*tw   K = Cin
     backward dW  dU[k] = dMw[k] @ V[k]^T          M = Cout   N = Cin           K = P
     backward dX  the forward's 16 GEMMs on dy:   M = Cin    N = N*ceil(H/2)*ceil(W/2), K = Cout
@@ -68,26 +69,75 @@ Workspace (bytes, the most forward holds at once besides y; itemsize = 4 for flo
       the padded input covers the whole tile grid (it is not made when there is no padding
       and the tiles fit exactly) and is freed once V is made, before Mw exists; the output
       of the whole tile grid is cropped into y.
-    Numba:            itemsize * (16*M*C + 16*C*P + 16*M*P)
-      padding and cropping are index arithmetic in the transform kernels.
-    MNIST conv2 (x 64x32x14x14, w 64x32x3x3, P = 64*7*7 = 3136): 4 * 16 * (2048 + 100352
-    + 200704) = 19.4 MB, like the im2col reference's patch matrix (16.8 MB): V is 4x the
-    input, a 2x2 block of outputs takes 16 numbers of Mw.
-  Backward (Numba) allocates V again, dMw (16*M*P), dU (16*M*C), and with need_dx the
+    Numba (the chunked path below, T threads, nb tiles a chunk):
+                      itemsize * ( 16*ceil(M/MR)*MR*C                U, packed once
+                                   + T*16*(ks(C*nb) + ks(M*nb))      a chunk's V and Mw
+                                   + T*ks(4*(2*tw + 2)) )            four input rows
+      ks(n) = n rounded up to whole 64-byte cache lines, plus one line (_kstride: why, there);
+      padding and cropping are index arithmetic in the transforms.
+    Numba, BLAS path: itemsize * (16*M*C + 16*(ks(C*P) + ks(M*P)) + T*ks(4*(2*tw + 2)))
+    MNIST conv2 (x 64x32x14x14, w 64x32x3x3, P = 64*7*7 = 3136): the NumPy reference
+    holds 4 * 16 * (2048 + 100352 + 200704) = 19.4 MB, like the im2col reference's patch
+    matrix (16.8 MB): V is 4x the input, a 2x2 block of outputs takes 16 numbers of Mw.
+    The Numba path on 2 threads, AVX-512 (MR 8, NR 48, nb 96): 4 * (32768 + 2*16*(3088
+    + 6160) + 2*80) = 1,315,456 B (1.25 MiB).
+  The Numba backward holds per thread a chunk's V^T and dM (the forward's formula, with C
+  and M rounded up to whole NR and MR panels) and a dU sum (16*M*C), and with need_dx the
   flipped weights (9*M*C) and the forward's buffers for dy.
 
-Numba path: one parallel kernel per transform (prange over (image, channel) planes for the
-input transform, over (image, filter) planes for the output and dy transforms, so no two
-iterations write the same number; nogil), and the 16 GEMMs through kernels.gemm.matmul
-(minigrad's GEMM on AVX-512 machines, NumPy's BLAS elsewhere), one parallel GEMM each: each
-GEMM is large (MNIST conv2: 64 x 32 x 3136), so a batched call would gain nothing over 16
-well-shaped parallel GEMMs. Not timed on the machine this was written on (see bench/).
+Numba path: chunks of tiles that stay in the core's L2 cache. Made for the whole batch, V and
+Mw are 6.4 and 12.8 MB on MNIST conv2: every tile's 16 numbers land C*P apart, far outside
+the cache, and each of the 16 GEMMs streams its V[k] and Mw[k] from memory again. Instead,
+each thread takes a contiguous range of tiles (whole NR-wide panels: kernels.gemm's register
+tile is MR x NR) and works through it nb tiles at a time, nb chosen so that a chunk's V and
+Mw fit CHUNK_BYTES (MNIST conv2 float32: 96 tiles, 0.59 MB), all in one parallel launch:
+
+    U = G g G^T of every filter, written as 16 packed A operands (kernels/gemm/pack.py)
+    thread t, for its tiles p0 .. p0+nb-1, then the next nb, ...:
+        x  --B^T d B-->  V chunk (16 x C x nb), written straight in the packed B layout
+        16 x kernels.gemm.macro_kernel:  Mw[k] (M x nb) = U[k] @ V[k]          (L2 -> L2)
+        Mw chunk  --A^T m A-->  y's 2x2 blocks of those tiles
+    backward dW, the same walk:  x --> V^T chunk (packed B), dy --A g A^T--> dMw chunk
+        (dM in the code; packed A); dU_t[k] += dM[k] @ V[k]^T (all 16 in one
+        macro_kernel_taps call, as deep as the chunk) into a dU per thread;
+        dw = G^T (sum over threads of dU_t) G
+    backward dX: the chunked forward on dy (above)
+
+A chunk may start or end inside an image or a row of tiles: the transforms walk it in runs
+(the tiles of one row of tiles, not crossing a panel edge), along which every offset moves
+by a constant step. What made them fast (MNIST conv2, each measured on this code):
+  - the 16 matrices of a chunk buffer lie a cache line off a multiple of 4 KiB apart
+    (_kstride): 4 KiB apart, a tile's 16 numbers fall into one L1 cache set (12 ways) and
+    evict each other (2-6x);
+  - every index is one unsigned number (uintp, see kernels/_numba.py): Numba's check for
+    negative indices had the transforms gather and scatter (2x);
+  - the output transform runs over all tiles of a filter at once, in place in Mw: its loads
+    are then consecutive, so LLVM turns it into vector code (2x); y is written after;
+  - four input rows of a row of tiles are combined (B^T d) once, straight from x when all
+    four lie inside it, and shared by the tiles (the rest: padding, copied zeros) (1.2x);
+  - each thread's scratch has its own cache lines (no false sharing).
+MNIST conv2 forward + backward (need_dx), float32, 2 cores, AVX-512, medians of one run:
+the former whole-batch kernels 27 ms, this path 7.5 ms, im2col 7.3 ms.
+When kernels.gemm.uses_numba is False (MINIGRAD_GEMM=blas, or a CPU without AVX2) the GEMMs
+go to NumPy's BLAS: the Numba transforms then fill the whole batch's V, Mw and dM in C order
+(one parallel launch each, by ranges of tiles) around 16 np.matmul GEMMs.
 The GPU twin, kernels/cuda/winograd.py, runs the same steps as batched CuPy array operations.
 """
+import numba
 import numpy as np
 
-from ._numba import njit, prange
-from .gemm import matmul  # minigrad's GEMM where it is the fast path, else NumPy's BLAS
+from ._numba import njit, prange, uintp
+from .gemm import (
+    blocking,
+    macro_kernel,
+    macro_kernel_taps,
+    matmul,
+    panels,
+    scratch_tiles,
+    split_bounds,
+    uses_numba,
+)
+from .gemm import isa as gemm_isa
 
 KERNEL = (3, 3)  # the only kernel this module computes
 TILE = 4         # input tile
@@ -153,16 +203,6 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize):
     full = n * m * (2 * th) * (2 * tw) if (ho % 2 or wo % 2) else 0
     # the padded input is freed before Mw is allocated: the peak holds one or the other
     return itemsize * (16 * (m * c + c * p) + max(pad, 16 * m * p + full))
-
-
-def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
-    """The Numba forward's buffers: U, V and Mw only."""
-    check("workspace_bytes", x_shape, w_shape, stride)
-    n, c, _, _ = x_shape
-    m = w_shape[0]
-    _, _, th, tw = geometry(x_shape, padding)
-    p = n * th * tw
-    return itemsize * 16 * (m * c + c * p + m * p)
 
 
 # --------------------------------------------------------------------------- NumPy reference
@@ -283,145 +323,416 @@ def backward_numpy(dy, x, w, stride, padding, need_dx=True):
 
 
 # --------------------------------------------------------------------------- Numba
-# The transforms with B, A written out as additions (each matrix is +-1 and 0), one
-# (image, channel) or (image, filter) plane per prange iteration.
+# Chunks of tiles (module header): each thread takes a contiguous range of tiles and works
+# through it nb_max tiles at a time. Every layout is index arithmetic, so one function per
+# transform writes (or reads) whichever GEMM operand the caller needs:
+#   _panel_offset        where entry (r, s) of a matrix lies in the GEMM's packed panels
+#   _tile_run            the tiles from p on that lie in one row of tiles (and one panel)
+#   _input_tiles, _output_tiles, _grad_output_tiles   the transforms of a range of tiles
+#   _filter_transform_nb, _grad_filter_transform_nb   the filters' (small)
+#   _forward_chunks, _grad_weight_chunks              the chunk loops, one parallel launch
+#   _input_transform_nb, ...                          the whole-batch BLAS path's transforms
+# The hot loops index flat arrays with uintp(...) offsets: kernels/_numba.py says why.
+
+# A chunk's V and Mw (or V^T and dM) should stay in the core's L2 (1 MiB on the project
+# machine) next to the packed U; MNIST conv2 float32: 2 panels of 48 tiles, 0.59 MB. (1, 2
+# or 3 panels measured the same there; 10 panels, 2.9 MB, made the forward 2x slower.)
+CHUNK_BYTES = 640 * 1024
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _input_transform_nb(x, ph, pw, th, tw, v):
-    """v (16, C, N*th*tw) = B^T d B of every tile; zero padding by index arithmetic."""
-    n_img, c, h, wd = x.shape
+@njit(cache=True, nogil=True)
+def _panel_offset(r, s, rows, w):
+    """Where entry (r, s) of a matrix with `rows` rows lies when its columns are cut into
+    panels of w, each panel stored row by row (rows x w). That is kernels/gemm/pack.py's
+    packed B (w = NR), its packed A with rows and columns swapped (s = the row of A, r = the
+    depth, w = MR), and plain C order when w is the number of columns."""
+    return (s // w) * rows * w + r * w + s % w
+
+
+@njit(cache=True, nogil=True)
+def _tile_run(p, left, col, tiles, tw, w):
+    """(n, t, u, count): tile p is tile (t, u) of image n, and `count` tiles from it on
+    (at most `left`) lie in the same tile row with columns col.. not crossing a multiple of
+    w (a panel edge). Along a run every offset moves by a constant step."""
+    n = p // tiles
+    t = (p - n * tiles) // tw
+    u = p - n * tiles - t * tw
+    return n, t, u, min(tw - u, left, w - col % w)
+
+
+@njit(cache=True, nogil=True)
+def _input_tiles(x, ph, pw, th, tw, p0, nb, v, kstride, tile_cols, w, col0, lines):
+    """V[k][c, j] = (B^T d B)[k] of tile p0 + j (j < nb), d its 4x4 input in channel c (zero
+    outside x), at v[k*kstride + o]:
+        tile_cols:  o = _panel_offset(c, col0 + j, C, w)   V[k] (C x tiles), e.g. the
+                                                           forward GEMM's packed B (w = NR)
+        else:       o = _panel_offset(j, c, nb, w)         V[k]^T (nb x C), the dW GEMM's B
+    lines: a 4 x (2*tw + 2) scratch, the four input rows under one row of tiles."""
+    _, c_in, h, wd = x.shape
     tiles = th * tw
-    p_all = n_img * tiles
+    width = 2 * tw + 2
     xf = x.ravel()
     vf = v.ravel()
-    for job in prange(n_img * c):
-        n = job // c
-        ch = job % c
-        src = job * h * wd
-        d = np.empty(16, dtype=x.dtype)
-        s = np.empty(16, dtype=x.dtype)
-        for t in range(th):
-            r0 = 2 * t - ph
-            for u in range(tw):
-                c0 = 2 * u - pw
-                if r0 >= 0 and r0 + 4 <= h and c0 >= 0 and c0 + 4 <= wd:  # inside x
+    lf = lines.ravel()
+    j = 0
+    while j < nb:
+        n, t, u0, cnt = _tile_run(p0 + j, nb - j, col0 + j, tiles, tw, w if tile_cols else nb)
+        l0, l1 = 2 * u0, 2 * (u0 + cnt) + 2      # line columns the run reads (x column l - pw)
+        lo = min(max(l0, pw), l1)                # [lo, hi): the ones inside x
+        hi = max(min(l1, wd + pw), lo)
+        rows_inside = 0 <= 2 * t - ph and 2 * t - ph + 4 <= h
+        for c in range(c_in):
+            top = ((n * c_in + c) * h + 2 * t - ph) * wd - pw  # x[n, c, 2t - ph, l - pw]
+            # s = B^T d, combining the four rows of d a column at a time (rows d0-d2,
+            # d1+d2, d2-d1, d1-d3): four lines of `width` columns, zero in the padding.
+            # (Written out twice: a helper function called here costs 10%.)
+            if rows_inside:  # most tile rows: straight from x
+                for col in range(l0, lo):
                     for i in range(4):
-                        row = src + (r0 + i) * wd + c0
-                        for j in range(4):
-                            d[i * 4 + j] = xf[row + j]
-                else:                                                   # on the border
+                        lf[uintp(i * width + col)] = 0
+                for col in range(lo, hi):
+                    d0, d1 = xf[uintp(top + col)], xf[uintp(top + wd + col)]
+                    d2, d3 = xf[uintp(top + 2 * wd + col)], xf[uintp(top + 3 * wd + col)]
+                    lf[uintp(col)] = d0 - d2
+                    lf[uintp(width + col)] = d1 + d2
+                    lf[uintp(2 * width + col)] = d2 - d1
+                    lf[uintp(3 * width + col)] = d1 - d3
+                for col in range(hi, l1):
                     for i in range(4):
-                        r = r0 + i
-                        for j in range(4):
-                            cc = c0 + j
-                            if 0 <= r < h and 0 <= cc < wd:
-                                d[i * 4 + j] = xf[src + r * wd + cc]
-                            else:
-                                d[i * 4 + j] = 0.0
-                for j in range(4):              # s = B^T d  (rows: d0-d2, d1+d2, d2-d1, d1-d3)
-                    s[j] = d[j] - d[8 + j]
-                    s[4 + j] = d[4 + j] + d[8 + j]
-                    s[8 + j] = d[8 + j] - d[4 + j]
-                    s[12 + j] = d[4 + j] - d[12 + j]
-                dst = ch * p_all + n * tiles + t * tw + u
-                step = c * p_all
-                for i in range(4):              # V = s B  (the same combination of columns)
-                    a = s[i * 4]
-                    b = s[i * 4 + 1]
-                    e = s[i * 4 + 2]
-                    f = s[i * 4 + 3]
-                    k = i * 4
-                    vf[k * step + dst] = a - e
-                    vf[(k + 1) * step + dst] = b + e
-                    vf[(k + 2) * step + dst] = e - b
-                    vf[(k + 3) * step + dst] = b - f
+                        lf[uintp(i * width + col)] = 0
+            else:  # a row outside x: copy the rows zero-padded first, then combine in place
+                for i in range(4):
+                    li = i * width
+                    if 0 <= 2 * t - ph + i < h:
+                        row = top + i * wd
+                        for col in range(l0, lo):
+                            lf[uintp(li + col)] = 0
+                        for col in range(lo, hi):
+                            lf[uintp(li + col)] = xf[uintp(row + col)]
+                        for col in range(hi, l1):
+                            lf[uintp(li + col)] = 0
+                    else:
+                        for col in range(l0, l1):
+                            lf[uintp(li + col)] = 0
+                for col in range(l0, l1):
+                    d0, d1 = lf[uintp(col)], lf[uintp(width + col)]
+                    d2, d3 = lf[uintp(2 * width + col)], lf[uintp(3 * width + col)]
+                    lf[uintp(col)] = d0 - d2
+                    lf[uintp(width + col)] = d1 + d2
+                    lf[uintp(2 * width + col)] = d2 - d1
+                    lf[uintp(3 * width + col)] = d1 - d3
+            # V = s B per tile (the same combination of columns): 16 numbers, kstride apart
+            if tile_cols:
+                o, step = _panel_offset(c, col0 + j, c_in, w), 1
+            else:
+                o, step = _panel_offset(j, c, nb, w), w
+            for e in range(cnt):
+                col = 2 * (u0 + e)
+                for i in range(4):
+                    li = i * width + col
+                    a, b = lf[uintp(li)], lf[uintp(li + 1)]
+                    f, g = lf[uintp(li + 2)], lf[uintp(li + 3)]
+                    k = o + e * step + 4 * i * kstride
+                    vf[uintp(k)] = a - f
+                    vf[uintp(k + kstride)] = b + f
+                    vf[uintp(k + 2 * kstride)] = f - b
+                    vf[uintp(k + 3 * kstride)] = b - g
+        j += cnt
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _output_transform_nb(mw, y, th, tw):
-    """y (N, M, Ho, Wo) = A^T m A of every tile, the last row/column of blocks cropped."""
-    n_img, m, ho, wo = y.shape
+@njit(cache=True, nogil=True)
+def _output_tiles(mw, kstride, ld, col0, p0, nb, th, tw, y):
+    """y's 2x2 blocks of the tiles p0 + j (j < nb), Y = A^T m A with m[k] of filter f at
+    mw[k*kstride + f*ld + col0 + j] (Mw[k] in C order, row length ld); a block's row or
+    column past y's edge is cropped. Overwrites Mw[0..3] with the blocks."""
+    _, m_out, ho, wo = y.shape
     tiles = th * tw
-    p_all = n_img * tiles
-    step = m * p_all
     mf = mw.ravel()
     yf = y.ravel()
-    for job in prange(n_img * m):
-        n = job // m
-        mm = job % m
-        q = np.empty(16, dtype=y.dtype)
-        s = np.empty(8, dtype=y.dtype)
-        for t in range(th):
-            for u in range(tw):
-                src = mm * p_all + n * tiles + t * tw + u
-                for k in range(16):
-                    q[k] = mf[k * step + src]
-                for j in range(4):              # s = A^T q  (rows: q0+q1+q2, q1-q2-q3)
-                    s[j] = q[j] + q[4 + j] + q[8 + j]
-                    s[4 + j] = q[4 + j] - q[8 + j] - q[12 + j]
-                for a in range(2):              # Y = s A
-                    oh = 2 * t + a
-                    if oh >= ho:
-                        continue
-                    row = (job * ho + oh) * wo
-                    ow = 2 * u
-                    yf[row + ow] = s[a * 4] + s[a * 4 + 1] + s[a * 4 + 2]
-                    if ow + 1 < wo:
-                        yf[row + ow + 1] = s[a * 4 + 1] - s[a * 4 + 2] - s[a * 4 + 3]
+    # Y = A^T m A for every tile at once (consecutive tiles are consecutive numbers of each
+    # Mw[k], so this loop runs on vectors of tiles), Y[a, b] written over Mw[2a + b]: the
+    # 16 numbers of a tile are read before its 4 are written
+    for f in range(m_out):
+        for j in range(nb):
+            q = f * ld + col0 + j
+            # s = A^T m, a column of m at a time (rows m0+m1+m2, m1-m2-m3), then Y = s A
+            m0, m1 = mf[uintp(q)], mf[uintp(q + 4 * kstride)]
+            m2, m3 = mf[uintp(q + 8 * kstride)], mf[uintp(q + 12 * kstride)]
+            s00, s10 = m0 + m1 + m2, m1 - m2 - m3
+            m0, m1 = mf[uintp(q + kstride)], mf[uintp(q + 5 * kstride)]
+            m2, m3 = mf[uintp(q + 9 * kstride)], mf[uintp(q + 13 * kstride)]
+            s01, s11 = m0 + m1 + m2, m1 - m2 - m3
+            m0, m1 = mf[uintp(q + 2 * kstride)], mf[uintp(q + 6 * kstride)]
+            m2, m3 = mf[uintp(q + 10 * kstride)], mf[uintp(q + 14 * kstride)]
+            s02, s12 = m0 + m1 + m2, m1 - m2 - m3
+            m0, m1 = mf[uintp(q + 3 * kstride)], mf[uintp(q + 7 * kstride)]
+            m2, m3 = mf[uintp(q + 11 * kstride)], mf[uintp(q + 15 * kstride)]
+            s03, s13 = m0 + m1 + m2, m1 - m2 - m3
+            mf[uintp(q)] = s00 + s01 + s02
+            mf[uintp(q + kstride)] = s01 - s02 - s03
+            mf[uintp(q + 2 * kstride)] = s10 + s11 + s12
+            mf[uintp(q + 3 * kstride)] = s11 - s12 - s13
+    # the blocks into y, a run of tiles (part of a row of tiles) at a time
+    j = 0
+    while j < nb:
+        n, t, u0, cnt = _tile_run(p0 + j, nb - j, 0, tiles, tw, nb)
+        two_rows = 2 * t + 1 < ho
+        for f in range(m_out):
+            row = ((n * m_out + f) * ho + 2 * t) * wo   # y[n, f, 2t, 0]
+            for e in range(cnt):
+                q = f * ld + col0 + j + e
+                ow = 2 * (u0 + e)
+                two_cols = ow + 1 < wo
+                yf[uintp(row + ow)] = mf[uintp(q)]
+                if two_cols:
+                    yf[uintp(row + ow + 1)] = mf[uintp(q + kstride)]
+                if two_rows:
+                    yf[uintp(row + wo + ow)] = mf[uintp(q + 2 * kstride)]
+                    if two_cols:
+                        yf[uintp(row + wo + ow + 1)] = mf[uintp(q + 3 * kstride)]
+        j += cnt
+
+
+@njit(cache=True, nogil=True)
+def _grad_output_tiles(dy, th, tw, p0, nb, dm, kstride, tile_cols, w, col0):
+    """dM[k][f, j] = (A g A^T)[k] of tile p0 + j (j < nb), g the 2x2 block of dy[n, f] under
+    it (zero past dy's edge), at dm[k*kstride + o], o as in _input_tiles with filters for
+    channels (tile_cols False, w = MR: dM[k] as the dW GEMM's packed A)."""
+    _, m_out, ho, wo = dy.shape
+    tiles = th * tw
+    dyf = dy.ravel()
+    df = dm.ravel()
+    zero = dy.dtype.type(0)  # (a plain 0.0 would make the sums float64)
+    j = 0
+    while j < nb:
+        n, t, u0, cnt = _tile_run(p0 + j, nb - j, col0 + j, tiles, tw, w if tile_cols else nb)
+        two_rows = 2 * t + 1 < ho
+        for f in range(m_out):
+            row = ((n * m_out + f) * ho + 2 * t) * wo
+            if tile_cols:
+                o, step = _panel_offset(f, col0 + j, m_out, w), 1
+            else:
+                o, step = _panel_offset(j, f, nb, w), w
+            for e in range(cnt):
+                ow = 2 * (u0 + e)
+                two_cols = ow + 1 < wo
+                src = row + ow
+                g00 = dyf[uintp(src)]
+                g01 = dyf[uintp(src + 1)] if two_cols else zero
+                g10 = dyf[uintp(src + wo)] if two_rows else zero
+                g11 = dyf[uintp(src + wo + 1)] if two_rows and two_cols else zero
+                # r = A g (rows g0, g0+g1, g0-g1, -g1), then dM = r A^T, the same on columns
+                for i in range(4):
+                    if i == 0:
+                        a, b = g00, g01
+                    elif i == 1:
+                        a, b = g00 + g10, g01 + g11
+                    elif i == 2:
+                        a, b = g00 - g10, g01 - g11
+                    else:
+                        a, b = -g10, -g11
+                    k = o + e * step + 4 * i * kstride
+                    df[uintp(k)] = a
+                    df[uintp(k + kstride)] = a + b
+                    df[uintp(k + 2 * kstride)] = a - b
+                    df[uintp(k + 3 * kstride)] = -b
+        j += cnt
+
+
+@njit(cache=True, nogil=True)
+def _filter_transform_nb(w, mr, u):
+    """U[k][m, c] = (G w[m, c] G^T)[k] at u[k, _panel_offset(c, m, C, mr)]: the forward
+    GEMM's packed A (mr = MR), or U[k] in C order (mr = 1)."""
+    m_out, c_in = w.shape[:2]
+    half = w.dtype.type(0.5)
+    t = np.empty((4, 3), dtype=w.dtype)
+    for m in range(m_out):
+        for c in range(c_in):
+            for j in range(3):  # t = G g, a column of g at a time (rows g0, (g0+g1+g2)/2,
+                g0, g1, g2 = w[m, c, 0, j], w[m, c, 1, j], w[m, c, 2, j]  # (g0-g1+g2)/2, g2)
+                t[0, j] = g0
+                t[1, j] = half * (g0 + g1 + g2)
+                t[2, j] = half * (g0 - g1 + g2)
+                t[3, j] = g2
+            o = _panel_offset(c, m, c_in, mr)
+            for i in range(4):  # U = t G^T, the same combination of the columns of t
+                a, b, e = t[i, 0], t[i, 1], t[i, 2]
+                u[4 * i, o] = a
+                u[4 * i + 1, o] = half * (a + b + e)
+                u[4 * i + 2, o] = half * (a - b + e)
+                u[4 * i + 3, o] = e
+
+
+@njit(cache=True, nogil=True)
+def _grad_filter_transform_nb(du_parts, dw):
+    """dw[m, c] = G^T dU G, dU[k][m, c] the sum of du_parts[:, k, m, c] (one part per
+    thread)."""
+    m_out, c_in = dw.shape[:2]
+    half = dw.dtype.type(0.5)
+    d = np.empty(16, dtype=dw.dtype)
+    r = np.empty(12, dtype=dw.dtype)
+    for m in range(m_out):
+        for c in range(c_in):
+            for k in range(16):
+                d[k] = du_parts[0, k, m, c]
+                for t in range(1, du_parts.shape[0]):
+                    d[k] += du_parts[t, k, m, c]
+            # r = G^T dU (rows d0 + (d1+d2)/2, (d1-d2)/2, (d1+d2)/2 + d3), then dw = r G
+            for j in range(4):
+                r[j] = d[j] + half * (d[4 + j] + d[8 + j])
+                r[4 + j] = half * (d[4 + j] - d[8 + j])
+                r[8 + j] = half * (d[4 + j] + d[8 + j]) + d[12 + j]
+            for i in range(3):
+                a, b, e, f = r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]
+                dw[m, c, i, 0] = a + half * (b + e)
+                dw[m, c, i, 1] = half * (b - e)
+                dw[m, c, i, 2] = half * (b + e) + f
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _grad_output_transform_nb(dy, th, tw, dm):
-    """dm (16, M, N*th*tw) = A g A^T of every 2x2 block g of dy (zero beyond its edge)."""
-    n_img, m, ho, wo = dy.shape
-    tiles = th * tw
-    p_all = n_img * tiles
-    step = m * p_all
-    dyf = dy.ravel()
-    dmf = dm.ravel()
-    for job in prange(n_img * m):
-        n = job // m
-        mm = job % m
-        g = np.empty(4, dtype=dy.dtype)
-        r = np.empty(8, dtype=dy.dtype)
-        for t in range(th):
-            for u in range(tw):
-                for a in range(2):
-                    for b in range(2):
-                        oh = 2 * t + a
-                        ow = 2 * u + b
-                        if oh < ho and ow < wo:
-                            g[a * 2 + b] = dyf[(job * ho + oh) * wo + ow]
-                        else:
-                            g[a * 2 + b] = 0.0
-                for b in range(2):              # r = A g  (rows: g0, g0+g1, g0-g1, -g1)
-                    r[b] = g[b]
-                    r[2 + b] = g[b] + g[2 + b]
-                    r[4 + b] = g[b] - g[2 + b]
-                    r[6 + b] = -g[2 + b]
-                dst = mm * p_all + n * tiles + t * tw + u
-                for i in range(4):              # dM = r A^T  (the same combination of columns)
-                    a0 = r[i * 2]
-                    a1 = r[i * 2 + 1]
-                    k = i * 4
-                    dmf[k * step + dst] = a0
-                    dmf[(k + 1) * step + dst] = a0 + a1
-                    dmf[(k + 2) * step + dst] = a0 - a1
-                    dmf[(k + 3) * step + dst] = -a1
+def _forward_chunks(isa, x, upack, ph, pw, th, tw, y, bounds, nb_max, vpacks, mws, lines,
+                    mr, nr, kc, tiles):
+    """Thread t, for its tiles bounds[t]:bounds[t+1], nb_max at a time: V (packed B panels)
+    -> 16 GEMMs Mw[k] = U[k] @ V[k] (kernels.gemm's loops 1-2) -> y's blocks."""
+    c_in = x.shape[1]
+    m_out = y.shape[1]
+    for t in prange(bounds.shape[0] - 1):
+        for p0 in range(bounds[t], bounds[t + 1], nb_max):
+            nb = min(nb_max, bounds[t + 1] - p0)
+            _input_tiles(x, ph, pw, th, tw, p0, nb, vpacks[t], vpacks.shape[2], True, nr, 0,
+                         lines[t])
+            for k in range(16):
+                mw = mws[t, k, :m_out * nb_max].reshape(m_out, nb_max)
+                macro_kernel(isa, c_in, upack[k], vpacks[t, k], mw, 0, m_out, 0, nb,
+                             False, mr, nr, kc, tiles[t])
+            _output_tiles(mws[t], mws.shape[2], nb_max, 0, p0, nb, th, tw, y)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _grad_weight_chunks(isa, dy, x, ph, pw, th, tw, bounds, nb_max, vpacks, dmpacks, du_parts,
+                        offs, lines, mr, nr, kc, tiles):
+    """Thread t, for its tiles, nb_max at a time: V^T (packed B) and dM (packed A) ->
+    du_parts[t][k] += dM[k] @ V[k]^T, 16 GEMMs as deep as the chunk in one call, as the
+    "taps" of kernels.gemm's macro_kernel_taps (offs[0], offs[1], offs[2]: where dM[k],
+    V^T[k] and dU[k] start). Unlike macro_kernel, it adds a C narrower than NR (C = 32
+    channels: 2 of the 3 vectors of a tile) straight from its registers, not through a
+    scratch tile; it always adds, so du_parts starts at zero."""
+    c_in = x.shape[1]
+    m_out = dy.shape[1]
+    vstride, mstride = vpacks.shape[1] // 16, dmpacks.shape[1] // 16
+    for t in prange(bounds.shape[0] - 1):
+        for p0 in range(bounds[t], bounds[t + 1], nb_max):
+            nb = min(nb_max, bounds[t + 1] - p0)
+            _input_tiles(x, ph, pw, th, tw, p0, nb, vpacks[t], vstride, False, nr, 0,
+                         lines[t])
+            _grad_output_tiles(dy, th, tw, p0, nb, dmpacks[t], mstride, False, mr, 0)
+            macro_kernel_taps(isa, nb, dmpacks[t], offs[0], vpacks[t], offs[1], du_parts[t],
+                              offs[2], m_out, c_in, mr, nr, kc, tiles[t])
+
+
+# The BLAS path (kernels.gemm.uses_numba is False: MINIGRAD_GEMM=blas, or no AVX2 here):
+# the whole batch's V, Mw and dM in C order, 16 np.matmul GEMMs between parallel transforms.
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _input_transform_nb(x, ph, pw, th, tw, v, bounds, lines):
+    """V[k] (C x P) of every tile at v[k, :C*P], part t writing tiles bounds[t]:bounds[t+1]."""
+    p_all = bounds[-1]
+    for t in prange(bounds.shape[0] - 1):
+        _input_tiles(x, ph, pw, th, tw, bounds[t], bounds[t + 1] - bounds[t], v,
+                     v.shape[1], True, p_all, bounds[t], lines[t])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _output_transform_nb(mw, y, th, tw, bounds):
+    """y from Mw[k] (M x P) at mw[k, :M*P], part t taking tiles bounds[t]:bounds[t+1]."""
+    p_all = bounds[-1]
+    for t in prange(bounds.shape[0] - 1):
+        _output_tiles(mw, mw.shape[1], p_all, bounds[t], bounds[t],
+                      bounds[t + 1] - bounds[t], th, tw, y)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _grad_output_transform_nb(dy, th, tw, dm, bounds):
+    """dM[k] (M x P) of every tile at dm[k, :M*P], part t writing tiles bounds[t]:bounds[t+1]."""
+    p_all = bounds[-1]
+    for t in prange(bounds.shape[0] - 1):
+        _grad_output_tiles(dy, th, tw, bounds[t], bounds[t + 1] - bounds[t], dm,
+                           dm.shape[1], True, p_all, bounds[t])
+
+
+# --------------------------------------------------------------------------- Numba drivers
+
+
+def _kstride(size, dtype):
+    """Numbers between two of the 16 matrices of a chunk buffer: `size` rounded up to whole
+    64-byte cache lines, plus one line. A transform touches all 16 at once, and were they a
+    multiple of 4 KiB apart, all 16 lines would fall into one set of the L1 cache (12 ways
+    on the project machine) and evict each other: MNIST conv2's 24 KiB apart made the
+    transforms 2-6x slower. (The spare line also keeps two threads' scratch rows off one
+    cache line: `lines`.)"""
+    line = 64 // np.dtype(dtype).itemsize
+    return panels(size, line) + line
+
+
+def _plan(n_tiles, c, m, dtype):
+    """(parts, bounds, nb_max): one part of the tiles per thread (whole NR panels, each part
+    non-empty), worked through nb_max tiles (whole panels) at a time."""
+    nr = blocking(dtype)["nr"]
+    parts = max(1, min(numba.get_num_threads(), -(-n_tiles // nr)))
+    bounds = split_bounds(n_tiles, parts, nr)
+    panel_bytes = 16 * (c + m) * nr * np.dtype(dtype).itemsize  # V + Mw of NR tiles
+    nb_max = nr * max(1, CHUNK_BYTES // panel_bytes)
+    return parts, bounds, min(nb_max, panels(int(np.diff(bounds).max()), nr))
+
+
+def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
+    """The Numba forward's buffers (module header): the packed U, per thread a chunk's V
+    and Mw and four input rows; on the BLAS path U, the whole batch's V and Mw, the rows."""
+    check("workspace_bytes", x_shape, w_shape, stride)
+    n, c, _, _ = x_shape
+    m = w_shape[0]
+    _, _, th, tw = geometry(x_shape, padding)
+    p = n * th * tw
+    dtype = np.float32 if itemsize == 4 else np.float64
+    parts, _, nb_max = _plan(p, c, m, dtype)
+    lines = parts * _kstride(4 * (2 * tw + 2), dtype)
+    if not uses_numba(dtype):  # U, V and Mw of the whole batch
+        return itemsize * (16 * (m * c + _kstride(c * p, dtype) + _kstride(m * p, dtype))
+                           + lines)
+    upack = 16 * panels(m, blocking(dtype)["mr"]) * c
+    chunk = 16 * (_kstride(c * nb_max, dtype) + _kstride(m * nb_max, dtype))  # V, Mw
+    return itemsize * (upack + parts * chunk + lines)
 
 
 def _forward_numba(x, w, padding):
     n, c = x.shape[:2]
     m = w.shape[0]
+    ph, pw = padding
     ho, wo, th, tw = geometry(x.shape, padding)
-    u = filter_transform(w)                                  # (16, M, C): small, NumPy
-    v = np.empty((16, c, n * th * tw), dtype=x.dtype)
-    _input_transform_nb(x, padding[0], padding[1], th, tw, v)
-    mw = np.empty((16, m, n * th * tw), dtype=x.dtype)
-    matmul(u, v, out=mw)                                  # 16 GEMMs (M x C) @ (C x P)
-    y = np.empty((n, m, ho, wo), dtype=x.dtype)
-    _output_transform_nb(mw, y, th, tw)
+    p = n * th * tw
+    dt = x.dtype
+    parts, bounds, nb_max = _plan(p, c, m, dt)
+    lines = np.empty((parts, _kstride(4 * (2 * tw + 2), dt)), dtype=dt)  # (no false sharing)
+    y = np.empty((n, m, ho, wo), dtype=dt)
+    if not uses_numba(dt):                                   # whole batch, NumPy's BLAS
+        u = np.empty((16, m, c), dtype=dt)
+        _filter_transform_nb(w, 1, u.reshape(16, m * c))
+        v = np.empty((16, _kstride(c * p, dt)), dtype=dt)
+        _input_transform_nb(x, ph, pw, th, tw, v, bounds, lines)
+        mw = np.empty((16, _kstride(m * p, dt)), dtype=dt)
+        matmul(u, v[:, :c * p].reshape(16, c, p),            # 16 GEMMs (M x C) @ (C x P)
+               out=mw[:, :m * p].reshape(16, m, p))
+        _output_transform_nb(mw, y, th, tw, bounds)
+        return y
+    blk = blocking(dt)
+    mr, nr = blk["mr"], blk["nr"]
+    upack = np.zeros((16, panels(m, mr) * c), dtype=dt)      # U[k] as packed A
+    _filter_transform_nb(w, mr, upack)
+    vpacks = np.zeros((parts, 16, _kstride(c * nb_max, dt)), dtype=dt)  # V, packed B
+    mws = np.empty((parts, 16, _kstride(m * nb_max, dt)), dtype=dt)      # Mw (M x nb_max)
+    _forward_chunks(gemm_isa(), x, upack, ph, pw, th, tw, y, bounds, nb_max, vpacks, mws,
+                    lines, mr, nr, blk["kc"], scratch_tiles(dt, parts))
     return y
 
 
@@ -430,17 +741,44 @@ def forward_numba(x, w, stride, padding):
     return _forward_numba(x, w, padding)
 
 
+def _grad_weight_numba(dy, x, padding, dw):
+    """dw = G^T dU G, dU[k] the sum over all tiles of dM[k] @ V[k]^T."""
+    n, c = x.shape[:2]
+    m = dy.shape[1]
+    ph, pw = padding
+    _, _, th, tw = geometry(x.shape, padding)
+    p = n * th * tw
+    dt = x.dtype
+    parts, bounds, nb_max = _plan(p, c, m, dt)
+    lines = np.empty((parts, _kstride(4 * (2 * tw + 2), dt)), dtype=dt)  # (no false sharing)
+    if not uses_numba(dt):                                   # whole batch, NumPy's BLAS
+        v = np.empty((16, _kstride(c * p, dt)), dtype=dt)
+        _input_transform_nb(x, ph, pw, th, tw, v, bounds, lines)
+        dm = np.empty((16, _kstride(m * p, dt)), dtype=dt)
+        _grad_output_transform_nb(dy, th, tw, dm, bounds)
+        du = matmul(dm[:, :m * p].reshape(16, m, p),         # 16 GEMMs (M x P) @ (P x C)
+                    v[:, :c * p].reshape(16, c, p).transpose(0, 2, 1))
+        _grad_filter_transform_nb(du[None], dw)
+        return
+    blk = blocking(dt)
+    mr, nr = blk["mr"], blk["nr"]
+    # zeros: the panels' lanes past C (or M) are never written, and feed only results
+    # that are dropped
+    vstride = _kstride(panels(c, nr) * nb_max, dt)
+    mstride = _kstride(panels(m, mr) * nb_max, dt)
+    vpacks = np.zeros((parts, 16 * vstride), dtype=dt)      # V^T[k] as packed B, k*vstride on
+    dmpacks = np.zeros((parts, 16 * mstride), dtype=dt)     # dM[k] as packed A, k*mstride on
+    du_parts = np.zeros((parts, 16 * m, c), dtype=dt)       # dU[k]: rows k*M.. (M x C)
+    offs = np.arange(16) * np.array([[mstride], [vstride], [m * c]])
+    _grad_weight_chunks(gemm_isa(), dy, x, ph, pw, th, tw, bounds, nb_max, vpacks, dmpacks,
+                        du_parts, offs, lines, mr, nr, blk["kc"], scratch_tiles(dt, parts))
+    _grad_filter_transform_nb(du_parts.reshape(parts, 16, m, c), dw)
+
+
 def backward_numba(dy, x, w, stride, padding, need_dx=True):
     check("conv2d_backward", x.shape, w.shape, stride)
-    n, c = x.shape[:2]
-    m = w.shape[0]
     ph, pw = padding
     dx = _forward_numba(dy, flipped_kernel(w), (2 - ph, 2 - pw)) if need_dx else None
-    _, _, th, tw = geometry(x.shape, padding)
-    v = np.empty((16, c, n * th * tw), dtype=x.dtype)
-    _input_transform_nb(x, ph, pw, th, tw, v)
-    dm = np.empty((16, m, n * th * tw), dtype=x.dtype)
-    _grad_output_transform_nb(dy, th, tw, dm)
-    du = np.empty((16, m, c), dtype=x.dtype)
-    matmul(dm, v.transpose(0, 2, 1), out=du)              # 16 GEMMs (M x P) @ (P x C)
-    return dx, grad_filter_transform(du)
+    dw = np.empty_like(w)
+    _grad_weight_numba(dy, x, padding, dw)
+    return dx, dw

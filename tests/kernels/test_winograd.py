@@ -3,17 +3,19 @@
 The module is called directly (kernels.ALGORITHMS' sweeps cover it through the public API
 where the shape allows, tests/kernels/test_conv_parity.py): values, dx and dw in
 float32 and float64, NumPy and Numba, on odd and even sizes, 1 to 17 channels and filters,
-paddings 0 to 3, batches 1 to 3; the float32 error against a float32 GEMM lowering's (im2col); the
+paddings 0 to 3, batches 1 to 3; the Numba path's chunks ending inside images and rows of
+tiles, and its BLAS path; the float32 error against a float32 GEMM lowering's (im2col); the
 shape errors; and workspace_bytes against what forward really allocates.
 """
 import tracemalloc
 
+import numba
 import numpy as np
 import oracle
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from minigrad.kernels import direct, im2col, winograd
+from minigrad.kernels import direct, gemm, im2col, winograd
 
 pytest.importorskip("torch")
 
@@ -162,6 +164,7 @@ WORKSPACE_CASES = [  # x shape, w shape, padding
     ((1, 8, 20, 19), (8, 8, 3, 3), (0, 2)),    # odd output width: cropped
     ((3, 4, 17, 17), (6, 4, 3, 3), (0, 0)),    # no padding, odd output: grid padded
     ((3, 4, 18, 18), (6, 4, 3, 3), (0, 0)),    # no padding, tiles fit: no copy at all
+    ((64, 32, 14, 14), (64, 32, 3, 3), (1, 1)),  # MNIST conv2: many chunks per thread
 ]
 
 
@@ -171,6 +174,17 @@ WORKSPACE_CASES = [  # x shape, w shape, padding
 def test_workspace_matches_allocation(case, backend, dtype):
     """workspace_bytes(_numba) is the peak that forward really holds besides y (tracemalloc
     sees every NumPy allocation; 16 KiB of slack for NumPy's own small temporaries)."""
+    check_workspace(case, backend, dtype)
+
+
+@pytest.mark.parametrize("case", range(len(WORKSPACE_CASES)))
+def test_workspace_matches_allocation_blas_path(case, monkeypatch):
+    """The Numba backend's whole-batch path, taken when NumPy's BLAS does the GEMMs."""
+    monkeypatch.setattr(gemm, "MODE", "blas")
+    check_workspace(case, "numba", np.float32)
+
+
+def check_workspace(case, backend, dtype):
     x_shape, w_shape, padding = WORKSPACE_CASES[case]
     rng = np.random.default_rng(0)
     x = rng.standard_normal(x_shape).astype(dtype)
@@ -190,11 +204,38 @@ def test_workspace_matches_allocation(case, backend, dtype):
     assert want <= got <= want + 16 * 1024, f"workspace_bytes {want}, allocated {got}"
 
 
-def test_workspace_mnist_conv2():
-    """The header's example: MNIST conv2, float32, U + V + Mw = 19.4 MB on both paths."""
+def test_workspace_mnist_conv2(monkeypatch):
+    """The header's example, MNIST conv2 in float32: the NumPy reference's U + V + Mw,
+    19.4 MB; the Numba path on 2 threads with the AVX-512 GEMM (MR 8, NR 48: chunks of 96
+    tiles), U packed once and per thread a chunk's V and Mw, each of their 16 matrices a
+    cache line longer, and four input rows: 1.25 MiB."""
     args = ((64, 32, 14, 14), (64, 32, 3, 3), (1, 1), (1, 1), 4)
-    want = 4 * 16 * (64 * 32 + 32 * 3136 + 64 * 3136)
-    assert winograd.workspace_bytes(*args) == want == winograd.workspace_bytes_numba(*args)
+    assert winograd.workspace_bytes(*args) == 4 * 16 * (64 * 32 + 32 * 3136 + 64 * 3136)
+    if "avx512" not in gemm.supported():
+        pytest.skip("the example is for the AVX-512 GEMM's panels")
+    monkeypatch.setattr(gemm, "MODE", "numba")
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
+    old = gemm.set_isa("avx512")
+    try:
+        want = 4 * (16 * 64 * 32 + 2 * 16 * ((32 * 96 + 16) + (64 * 96 + 16)) + 2 * (64 + 16))
+        assert winograd.workspace_bytes_numba(*args) == want == 1_315_456
+    finally:
+        gemm.set_isa(old)
+
+
+@pytest.mark.parametrize("mode", ["numba", "blas"])
+def test_numba_chunks_and_blas_path(mode, monkeypatch):
+    """The Numba path with one NR-wide panel of tiles per chunk (CHUNK_BYTES = 1), so that
+    chunks and panels end inside rows of tiles and inside images, and threads take several
+    chunks each; and ("blas") the whole-batch path around NumPy's BLAS."""
+    monkeypatch.setattr(gemm, "MODE", mode)
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
+    for case in [(5, 3, 14, 13, 6, 1), (3, 9, 10, 11, 20, 0), (4, 4, 9, 9, 3, 3)]:
+        for dtype in oracle.DTYPES:
+            x, w, dy, padding = data(case, dtype)
+            oracle.assert_conv_close(run("numba", x, w, dy, padding),
+                                     oracle.torch_conv(x, w, dy, 1, padding), dtype,
+                                     f"winograd/numba {mode} case {case} {np.dtype(dtype)}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
