@@ -52,25 +52,18 @@ def _isa_dtype(isa, a):
     return isa.isa, np.dtype(str(a.dtype))
 
 
-# The "cols" kernel's tile (MR, vectors) per ISA. Its MR rows are neighbouring output pixels
-# of one image row, so MR should divide the layers' output widths: 14 covers MNIST's 28 and
-# 14 (and 56) exactly. AVX-512: 14 x 2 vectors = 28 accumulators + 2 B vectors of the 32
-# registers; the broadcasts fold into the FMAs as memory operands ({1to16}).
-COLS_TILE = {"avx512": (14, 2), "avx2": (7, 1), "scalar": (7, 4)}
-
-
 def tile_of(isa, dt, a_mode="packed"):
     """(MR, NR) of the register tile: reading A's rows in place ("rows", the tile of the
     "rows_d" operand) costs a load per row and per k where packed A's MR numbers sit side by
     side, so that kernel has its own tile (AVX-512: 6 x 4 vectors, 6 + 4 loads per 24 FMAs,
     covering a 64-wide C with no edge); so does the kernel that reads A's columns in place
-    (COLS_TILE)."""
+    (isa.cols_mr x isa.cols_nv vectors)."""
     blk = isa.blocking[np.dtype(dt)]
     if a_mode in ("rows", "rows_d"):
         return isa.rows_mr, isa.rows_nv * blk["vl"]
-    if a_mode == "cols":
-        mr, nv = COLS_TILE[isa.name]
-        return mr, nv * blk["vl"]
+    if a_mode == "cols":  # AVX-512: 14 x 2 vectors = 28 accumulators + 2 B vectors of the
+        # 32 registers; the broadcasts fold into the FMAs as memory operands ({1to16})
+        return isa.cols_mr, isa.cols_nv * blk["vl"]
     return blk["mr"], blk["nr"]
 
 
