@@ -7,7 +7,9 @@ run, from the same initial weights on the same batches, and print a table.
 
 Columns: seconds per epoch, test accuracy, and minigrad's time as a ratio to PyTorch's.
 
-Each engine trains in a fresh Python process, one after the other. Sharing one process is
+Each minigrad run first makes one throwaway training step, so that Numba's compilation (on a
+cold cache, seconds per kernel) is not timed as training. Each engine trains in a fresh
+Python process, one after the other. Sharing one process is
 not a fair race: once PyTorch has run, glibc's malloc hands large buffers back to the kernel
 on every free (measured: ~5,000 page faults per training step, minigrad's step 18 -> 38 ms),
 so whichever engine runs second would pay for the first.
@@ -23,6 +25,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ALGOS = ("im2col", "im2row", "kn2row", "kn2row-aa", "kn2col")  # direct is the slow oracle
+
+
+def warm_up(algo, init, X, y, batch_size):
+    """One training step and one evaluation-sized forward on a throwaway copy of the model,
+    before the clock starts: Numba compiles a kernel on its first call (from its on-disk
+    cache, if one is there, in well under a second; from scratch, seconds per kernel), and
+    that is not the epoch's time. PyTorch's kernels are compiled ahead of time."""
+    import minigrad as mg
+    from minigrad import functional as F
+    from minigrad.data.transforms import mnist_normalize
+    from minigrad.models import MnistCNN
+
+    model = MnistCNN(algo=algo).load_state_dict(init.state_dict())
+    xb, yb = mnist_normalize((X[:batch_size], y[:batch_size]))
+    F.cross_entropy(model(mg.Tensor(xb)), yb).backward()
+    with mg.no_grad():
+        model(mg.Tensor(mnist_normalize((X[:1000], y[:1000]))[0]))
 
 
 def train_one(engine, algo, args):
@@ -55,6 +74,7 @@ def train_one(engine, algo, args):
                     "test_accuracy": s["test_accuracy"]}
         from minigrad.train import fit, make_optimizer
 
+        warm_up(algo, init, X, y, args.batch_size)
         model = MnistCNN(algo=algo).load_state_dict(init.state_dict())
         opt = make_optimizer(args.optimizer, model.parameters(), args.lr)
         s = fit(model, opt, loader, (Xt, yt), args.epochs, eval_transform=mnist_normalize,
