@@ -111,11 +111,13 @@ def test_im2col_workspace_formula(monkeypatch):
     assert im2col.workspace_bytes_numba(*args[:2], (1, 1), (1, 1), 4) < (
         kernels.workspace_bytes("im2col", *args, backend="numpy") / 10)
     # Lowered into packed panels ("packed"): the padded image and its patch matrix in
-    # 48-column panels (288 x 240: 196 columns in 5 panels) per thread, plus the weights.
+    # NR-column panels (AVX-512: 48 columns, 288 x 240: 196 columns in 5 panels) per thread,
+    # plus the weights in MR-row panels.
     monkeypatch.setattr(im2col, "_uses_windows", lambda *a: False)
-    per_thread = 32 * 16 * 16 + 288 * 240
+    blk = gemm.blocking(np.float32)
+    per_thread = 32 * 16 * 16 + 288 * gemm.panels(196, blk["nr"])
     assert kernels.workspace_bytes("im2col", *args, backend="numba") == (
-        4 * (threads * per_thread + 64 * 288))
+        4 * (threads * per_thread + gemm.panels(64, blk["mr"]) * 288))
     monkeypatch.setattr(gemm, "MODE", "blas")  # image by image in Python: one plain cols
     assert kernels.workspace_bytes("im2col", *args, backend="numba") == 4 * 288 * 196
 
