@@ -8,6 +8,7 @@ from minigrad import kernels
 
 SHAPES = [((64, 32, 14, 14), (64, 32, 3, 3), 1, 1),   # MNIST conv2
           ((8, 2, 9, 7), (5, 2, 3, 2), 2, 1),         # small C (the fused paths)
+          ((4, 1, 12, 10), (6, 1, 3, 3), 1, 1),       # small C, stride 1 (a first layer)
           ((3, 6, 11, 10), (4, 6, 5, 3), (1, 2), (2, 0))]
 
 

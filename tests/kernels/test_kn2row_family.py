@@ -178,3 +178,63 @@ def test_kn2row_aa_windows_every_isa(monkeypatch, isa, xs, ws, padding, turned):
             oracle.assert_close(dw, dw_ref, f"dw, kn2row-aa/{isa}", dtype)
     finally:
         G.set_isa(old)
+
+
+# --------------------------------------------------------------------------- need_dx, small C
+# Shapes that reach each Numba path: (stride-1 fused or windows), the per-image GEMMs
+# (stride 2), the chunked BLAS path (fewer images than threads), and kn2row-aa's two small-C
+# loops (C <= SMALL_C: stride 1 over Wp-wide runs, other strides row by row).
+PATH_CASES = [
+    ((4, 9, 12, 10), (20, 9, 3, 3), (1, 1), (1, 1)),
+    ((4, 9, 12, 10), (20, 9, 3, 3), (2, 2), (1, 1)),
+    ((1, 9, 8, 7), (6, 9, 3, 3), (1, 1), (0, 0)),
+    ((3, 1, 12, 11), (8, 1, 3, 3), (1, 1), (1, 1)),
+    ((3, 3, 9, 10), (5, 3, 3, 2), (2, 1), (1, 0)),
+    ((2, 2, 6, 5), (4, 2, 1, 3), (1, 1), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("xs,ws,stride,padding", PATH_CASES)
+def test_need_dx_false_skips_dx_and_keeps_dw(name, xs, ws, stride, padding):
+    """backward_numba(..., need_dx=False) (a first layer: the data needs no gradient) returns
+    dx None and the very dw the full backward returns, on every Numba path; the full one
+    matches PyTorch."""
+    mod = _mod(name)
+    for dtype in oracle.DTYPES:
+        rng = np.random.default_rng(5)
+        x = rng.standard_normal(xs).astype(dtype)
+        w = rng.standard_normal(ws).astype(dtype)
+        y = mod.forward_numba(x, w, stride, padding)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx, dw = mod.backward_numba(dy, x, w, stride, padding)
+        none, dw_only = mod.backward_numba(dy, x, w, stride, padding, need_dx=False)
+        assert none is None
+        assert dw_only.dtype == dw.dtype == dtype
+        np.testing.assert_array_equal(dw_only, dw)
+        y_ref, dx_ref, dw_ref = oracle.torch_conv(x, w, dy, stride, padding)
+        oracle.assert_close(y, y_ref, f"y, {name}", dtype)
+        oracle.assert_close(dx, dx_ref, f"dx, {name}", dtype)
+        oracle.assert_close(dw, dw_ref, f"dw, {name}", dtype)
+
+
+@pytest.mark.parametrize("c", [1, 2, 4])
+@pytest.mark.parametrize("stride,padding", [((1, 1), (1, 1)), ((1, 1), (0, 2)),
+                                            ((2, 2), (1, 1)), ((1, 3), (2, 0))])
+def test_kn2row_aa_small_c_against_torch(c, stride, padding):
+    """kn2row-aa with C <= SMALL_C (each tap's K = C product fused into the shift-add; at
+    stride 1 over runs of Ho*Wp, else row by row), odd sizes, one image and several."""
+    aa = _mod("kn2row_aa")
+    assert c <= _mod("kn2row").SMALL_C
+    for n in (1, 5):
+        for dtype in oracle.DTYPES:
+            rng = np.random.default_rng(c + n)
+            x = rng.standard_normal((n, c, 13, 11)).astype(dtype)
+            w = rng.standard_normal((7, c, 3, 3)).astype(dtype)
+            y = aa.forward_numba(x, w, stride, padding)
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            dx, dw = aa.backward_numba(dy, x, w, stride, padding)
+            y_ref, dx_ref, dw_ref = oracle.torch_conv(x, w, dy, stride, padding)
+            oracle.assert_close(y, y_ref, "y, kn2row-aa small C", dtype)
+            oracle.assert_close(dx, dx_ref, "dx, kn2row-aa small C", dtype)
+            oracle.assert_close(dw, dw_ref, "dw, kn2row-aa small C", dtype)
