@@ -284,14 +284,14 @@ def forward_numba(x, w, stride, padding):
     return y
 
 
-def backward_numba(dy, x, w, stride, padding):
+def backward_numba(dy, x, w, stride, padding, need_dx=True):
     n, c, h, wd = x.shape
     parts = fused_parts(x.shape, w.shape, stride, padding, x.dtype)
     if parts:
-        return backward_fused(dy, x, w, padding, parts)
+        return backward_fused(dy, x, w, padding, parts, need_dx)
     parts = per_image_threads(n, x.dtype) if c > SMALL_C else 0
     if parts:
-        return _backward_per_image(dy, x, w, stride, padding, parts)
+        return _backward_per_image(dy, x, w, stride, padding, parts, need_dx)
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
     kkm = kh * kw * m
@@ -301,13 +301,13 @@ def backward_numba(dy, x, w, stride, padding):
     dp = np.empty((bs, h * wd, kkm), dtype=x.dtype)
     t = np.empty((bs, c, kkm), dtype=x.dtype)               # per-image dWc shares
     dwc = np.zeros((c, kkm), dtype=x.dtype)
-    dx = np.empty_like(x)
-    dx3 = dx.reshape(n, c, h * wd)
+    dx = np.empty_like(x) if need_dx else None
     for b0 in range(0, n, bs):
         b1 = min(n, b0 + bs)
         dpb, tb = dp[:b1 - b0], t[:b1 - b0]
         _gather_nb(dy[b0:b1], dpb, h, wd, kh, kw, sh, sw, ph, pw)
-        matmul(wc, dpb.transpose(0, 2, 1), out=dx3[b0:b1])    # dx[n] = Wc dP^T
+        if need_dx:                                           # dx[n] = Wc dP^T
+            matmul(wc, dpb.transpose(0, 2, 1), out=dx.reshape(n, c, h * wd)[b0:b1])
         matmul(x3[b0:b1], dpb, out=tb)                        # dWc += x[n] dP
         dwc += tb.sum(axis=0) if b1 - b0 > 1 else tb[0]
     dw = np.ascontiguousarray(dwc.reshape(c, kh, kw, m).transpose(3, 0, 1, 2))
@@ -361,7 +361,7 @@ def _forward_images(g, x, wcpack, ps, apacks, accs, y, bounds, kh, kw, sh, sw, p
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _backward_images(g, dy, x, wcapack, dps, apacks, bpacks, dx, dwc_parts, bounds,
+def _backward_images(g, dy, x, wcapack, dps, apacks, bpacks, need_dx, dx, dwc_parts, bounds,
                      kh, kw, sh, sw, ph, pw, mr, nr, kc, tiles):
     _, c, h, wd = x.shape
     hw = h * wd
@@ -369,9 +369,10 @@ def _backward_images(g, dy, x, wcapack, dps, apacks, bpacks, dx, dwc_parts, boun
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             _gather_image(dy, n, dps[t], h, wd, kh, kw, sh, sw, ph, pw)
-            pack_b(dps[t], True, 0, kkm, 0, hw, nr, bpacks[t])               # B = dP^T
-            macro_kernel(g, kkm, wcapack, bpacks[t], dx[n].reshape(c, hw), 0, c, 0, hw,
-                         False, mr, nr, kc, tiles[t])
+            if need_dx:
+                pack_b(dps[t], True, 0, kkm, 0, hw, nr, bpacks[t])           # B = dP^T
+                macro_kernel(g, kkm, wcapack, bpacks[t], dx[n].reshape(c, hw), 0, c, 0, hw,
+                             False, mr, nr, kc, tiles[t])
             pack_a(x[n].reshape(c, hw), False, 0, c, 0, hw, mr, apacks[t])  # A = x[n]
             pack_b(dps[t], False, 0, hw, 0, kkm, nr, bpacks[t])              # B = dP
             macro_kernel(g, hw, apacks[t], bpacks[t], dwc_parts[t], 0, c, 0, kkm,
@@ -398,7 +399,7 @@ def _forward_per_image(x, w, stride, padding, parts):
     return y
 
 
-def _backward_per_image(dy, x, w, stride, padding, parts):
+def _backward_per_image(dy, x, w, stride, padding, parts, need_dx=True):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
@@ -411,13 +412,13 @@ def _backward_per_image(dy, x, w, stride, padding, parts):
     apacks = np.empty((parts, panels(c, mr) * hw), dtype=dt)
     bpacks = np.empty((parts, max(panels(hw, nr) * kkm, panels(kkm, nr) * hw)), dtype=dt)
     dwc_parts = np.empty((parts, c, kkm), dtype=dt)
-    dx = np.empty_like(x)
-    _backward_images(isa(), dy, x, wcapack, dps, apacks, bpacks, dx, dwc_parts,
+    dx = np.empty_like(x) if need_dx else np.empty((0, c, h, wd), dtype=dt)
+    _backward_images(isa(), dy, x, wcapack, dps, apacks, bpacks, need_dx, dx, dwc_parts,
                      np.asarray(split_bounds(n, parts, 1)), kh, kw, sh, sw, ph, pw,
                      mr, nr, blk["kc"], scratch_tiles(dt, parts))
     dwc = dwc_parts.sum(axis=0)
     dw = np.ascontiguousarray(dwc.reshape(c, kh, kw, m).transpose(3, 0, 1, 2))
-    return dx, dw
+    return (dx if need_dx else None), dw
 
 
 # --------------------------------------------------------------------------------------------

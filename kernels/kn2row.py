@@ -328,16 +328,16 @@ def forward_numba(x, w, stride, padding):
     return y
 
 
-def backward_numba(dy, x, w, stride, padding):
+def backward_numba(dy, x, w, stride, padding, need_dx=True):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
     parts = fused_parts(x.shape, w.shape, stride, padding, x.dtype)
     if parts:
-        return backward_fused(dy, x, w, padding, parts)
+        return backward_fused(dy, x, w, padding, parts, need_dx)
     parts = _per_image_parts(x.shape, w.shape, x.dtype)
     if parts:
-        return _backward_per_image(dy, x, w, stride, padding, parts)
+        return _backward_per_image(dy, x, w, stride, padding, parts, need_dx)
     kkm = kh * kw * m
     wk = kernel_matrix(w)
     wkt = wk.T
@@ -346,13 +346,13 @@ def backward_numba(dy, x, w, stride, padding):
     dp = np.empty((bs, kkm, h * wd), dtype=x.dtype)
     t = np.empty((bs, kkm, c), dtype=x.dtype)                      # per-image dWk shares
     dwk = np.zeros((kkm, c), dtype=x.dtype)
-    dx = np.empty_like(x)
-    dx3 = dx.reshape(n, c, h * wd)
+    dx = np.empty_like(x) if need_dx else None
     for b0 in range(0, n, bs):
         b1 = min(n, b0 + bs)
         dpb, tb = dp[:b1 - b0], t[:b1 - b0]
         _gather_nb(dy[b0:b1], dpb, kh, kw, sh, sw, ph, pw, h, wd)  # dP = S^T(dy)
-        matmul(wkt, dpb, out=dx3[b0:b1])                        # dx = Wk^T dP
+        if need_dx:
+            matmul(wkt, dpb, out=dx.reshape(n, c, h * wd)[b0:b1])  # dx = Wk^T dP
         matmul(dpb, x3[b0:b1].transpose(0, 2, 1), out=tb)       # dWk += dP x^T
         dwk += tb.sum(axis=0) if b1 - b0 > 1 else tb[0]
     dw = np.ascontiguousarray(dwk.reshape(kh, kw, m, c).transpose(2, 3, 0, 1))
@@ -431,18 +431,20 @@ def _forward_images(g, x, wkpack, ps, bpacks, y, bounds, kh, kw, sh, sw, ph, pw,
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _backward_images(g, dy, x, wktpack, dps, apacks, bpacks, xtpacks, dx, dwk_parts, bounds,
-                     kh, kw, sh, sw, ph, pw, mr, nr, kc, tiles):
-    """Thread t, for its images n: dP = S^T(dy[n]); dx[n] = Wk^T @ dP; dWk_t += dP @ x[n]^T."""
+def _backward_images(g, dy, x, wktpack, dps, apacks, bpacks, xtpacks, need_dx, dx, dwk_parts,
+                     bounds, kh, kw, sh, sw, ph, pw, mr, nr, kc, tiles):
+    """Thread t, for its images n: dP = S^T(dy[n]); dx[n] = Wk^T @ dP (need_dx);
+    dWk_t += dP @ x[n]^T."""
     _, c, h, wd = x.shape
     hw = h * wd
     kkm = dps.shape[1]
     for t in prange(bounds.shape[0] - 1):
         for n in range(bounds[t], bounds[t + 1]):
             _gather_image(dy, n, dps[t], kh, kw, sh, sw, ph, pw, h, wd)
-            pack_b(dps[t], False, 0, kkm, 0, hw, nr, bpacks[t])               # B = dP
-            macro_kernel(g, kkm, wktpack, bpacks[t], dx[n].reshape(c, hw), 0, c, 0, hw,
-                         False, mr, nr, kc, tiles[t])
+            if need_dx:
+                pack_b(dps[t], False, 0, kkm, 0, hw, nr, bpacks[t])           # B = dP
+                macro_kernel(g, kkm, wktpack, bpacks[t], dx[n].reshape(c, hw), 0, c, 0, hw,
+                             False, mr, nr, kc, tiles[t])
             pack_a(dps[t], False, 0, kkm, 0, hw, mr, apacks[t])               # A = dP
             pack_b(x[n].reshape(c, hw), True, 0, hw, 0, c, nr, xtpacks[t])    # B = x[n]^T
             macro_kernel(g, hw, apacks[t], xtpacks[t], dwk_parts[t], 0, kkm, 0, c,
@@ -467,7 +469,7 @@ def _forward_per_image(x, w, stride, padding, parts):
     return y
 
 
-def _backward_per_image(dy, x, w, stride, padding, parts):
+def _backward_per_image(dy, x, w, stride, padding, parts, need_dx=True):
     n, c, h, wd = x.shape
     m, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
@@ -482,13 +484,14 @@ def _backward_per_image(dy, x, w, stride, padding, parts):
     bpacks = np.empty((parts, panels(hw, nr) * kkm), dtype=dt)
     xtpacks = np.empty((parts, panels(c, nr) * hw), dtype=dt)
     dwk_parts = np.empty((parts, kkm, c), dtype=dt)
-    dx = np.empty_like(x)
-    _backward_images(isa(), dy, x, wktpack, dps, apacks, bpacks, xtpacks, dx, dwk_parts,
+    dx = np.empty_like(x) if need_dx else np.empty((0, c, h, wd), dtype=dt)
+    _backward_images(isa(), dy, x, wktpack, dps, apacks, bpacks, xtpacks, need_dx, dx,
+                     dwk_parts,
                      np.asarray(split_bounds(n, parts, 1)), kh, kw, sh, sw, ph, pw,
                      mr, nr, blk["kc"], scratch_tiles(dt, parts))
     dwk = dwk_parts.sum(axis=0)
     dw = np.ascontiguousarray(dwk.reshape(kh, kw, m, c).transpose(2, 3, 0, 1))
-    return dx, dw
+    return (dx if need_dx else None), dw
 
 
 # --------------------------------------------------------------------------------------------
@@ -714,11 +717,11 @@ def _dx_small_c(wk, dz, dtab, dxext):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _backward_fused_images(g, dy, x, wk, wktpack, xtab, dsteps, dtab, ph, pw, lead, lz, dx,
-                           dwt_parts, small, bounds, xpads, dypacks, dzs, dxexts, mr, nr, mra,
-                           nra, kc, tiles):
+def _backward_fused_images(g, dy, x, wk, wktpack, xtab, dsteps, dtab, ph, pw, lead, lz,
+                           need_dx, dx, dwt_parts, small, bounds, xpads, dypacks, dzs, dxexts,
+                           mr, nr, mra, nra, kc, tiles):
     """Thread t, for its images n: dWk^T_t += S(x[n]) @ dY^T over the kept pixels (depth
-    steps dsteps); dx[n] = Wk^T @ dP, dP's rows read in place in dz."""
+    steps dsteps); dx[n] = Wk^T @ dP, dP's rows read in place in dz (need_dx)."""
     c, h, wd = x.shape[1], x.shape[2], x.shape[3]
     m, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     kkc = dwt_parts.shape[1]
@@ -729,6 +732,8 @@ def _backward_fused_images(g, dy, x, wk, wktpack, xtab, dsteps, dtab, ph, pw, le
             pack_dy_t(dy, n, wo, nra, dypacks[t])
             macro_kernel_rows_d(g, ho * wo, xpads[t], xtab, dsteps, dypacks[t], dwt_parts[t],
                                 kkc, m, n > bounds[t], mra, nra, kc, tiles[t])
+            if not need_dx:
+                continue
             spread_dy(dy, n, wp, lead, lz, dzs[t])
             if small:
                 _dx_small_c(wk, dzs[t], dtab, dxexts[t])
@@ -738,7 +743,7 @@ def _backward_fused_images(g, dy, x, wk, wktpack, xtab, dsteps, dtab, ph, pw, le
             crop(dxexts[t], wp, pw, c * h, wd, dx, n)
 
 
-def backward_fused(dy, x, w, padding, parts):
+def backward_fused(dy, x, w, padding, parts, need_dx=True):
     """(dx, dw) on the fused stride-1 path (kn2row's and kn2col's: with dP never stored, its
     layout, the one difference between the two, is gone)."""
     n, c, h, wd = x.shape
@@ -764,15 +769,16 @@ def backward_fused(dy, x, w, padding, parts):
         pack_a(wk, True, 0, c, 0, kkm, mr, wktpack)        # A = Wk^T (C x K*K*M)
     xpads = np.zeros((parts, c * hp * wp + kw + vl), dtype=dt)
     dypacks = np.zeros((parts, panels(m, nra) * ho * wo), dtype=dt)
-    dzs = np.zeros((parts, m * lz), dtype=dt)
-    dxexts = np.empty((parts, c, h * wp), dtype=dt)
+    dzs = np.zeros((parts, m * lz if need_dx else 0), dtype=dt)
+    dxexts = np.empty((parts, c, h * wp if need_dx else 0), dtype=dt)
     dwt_parts = np.empty((parts, taps * c, m), dtype=dt)
-    dx = np.empty_like(x)
-    _backward_fused_images(isa(), dy, x, wk, wktpack, xtab, dsteps, dtab, ph, pw, lead, lz, dx,
-                           dwt_parts, small, split_bounds(n, parts, 1), xpads, dypacks, dzs,
-                           dxexts, mr, nr, mra, nra, blk["kc"], scratch_tiles(dt, parts))
+    dx = np.empty_like(x) if need_dx else np.empty((0, c, h, wd), dtype=dt)
+    _backward_fused_images(isa(), dy, x, wk, wktpack, xtab, dsteps, dtab, ph, pw, lead, lz,
+                           need_dx, dx, dwt_parts, small, split_bounds(n, parts, 1), xpads,
+                           dypacks, dzs, dxexts, mr, nr, mra, nra, blk["kc"],
+                           scratch_tiles(dt, parts))
     dwt = dwt_parts[0]
     for t in range(1, parts):
         dwt += dwt_parts[t]
     dw = np.ascontiguousarray(dwt.reshape(kh, kw, c, m).transpose(3, 2, 0, 1))
-    return dx, dw
+    return (dx if need_dx else None), dw
