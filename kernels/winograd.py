@@ -81,9 +81,20 @@ Workspace (bytes, the most forward holds at once besides y; itemsize = 4 for flo
     matrix (16.8 MB): V is 4x the input, a 2x2 block of outputs takes 16 numbers of Mw.
     The Numba path on 2 threads, AVX-512 (MR 8, NR 48, nb 96): 4 * (32768 + 2*16*(3088
     + 6160) + 2*80) = 1,315,456 B (1.25 MiB).
+    Numba, small-C path (C <= SMALL_C_FORWARD, below; any GEMM mode):
+                      itemsize * ( 16*M*C                             U
+                                   + T*( ks(24*SEG)                  output block, Mw
+                                         + ks(16*SEG*C)              a segment's V
+                                         + ks(4*C*(2*max(tw, SEG) + 2)) ) )   input rows
+      MNIST conv1 (x 64x1x28x28, w 32x1x3x3) on 2 threads: 4 * (512 + 2*(400 + 272 + 160))
+      = 8,704 B, where the chunked path holds 4 * (512 + 2*16*(304 + 9232) + 2*144) =
+      1,223,808 B (chunks of 288 tiles: a chunk's Mw, 32 filters, is most of it).
   The Numba backward holds per thread a chunk's V^T and dM (the forward's formula, with C
   and M rounded up to whole NR and MR panels) and a dU sum (16*M*C), and with need_dx the
-  flipped weights (9*M*C) and the forward's buffers for dy.
+  flipped weights (9*M*C) and the forward's buffers for dy. On the small-C path (C <=
+  SMALL_C_GRAD): per thread a chunk of R tile rows' V (R*ceil(tw/SEG)*16*SEG*C, R chosen
+  for SMALL_CHUNK_BYTES) and dy blocks (R*ceil(tw/SEG)*4*SEG), the input rows, and the
+  sums per lane (16*SEG*C a chunk's, 16*SEG*M*C in all: 32 KiB on MNIST conv1).
 
 Numba path: chunks of tiles that stay in the core's L2 cache. Made for the whole batch, V and
 Mw are 6.4 and 12.8 MB on MNIST conv2: every tile's 16 numbers land C*P apart, far outside
@@ -121,10 +132,48 @@ the former whole-batch kernels 27 ms, this path 7.5 ms, im2col 7.3 ms.
 When kernels.gemm.uses_numba is False (MINIGRAD_GEMM=blas, or a CPU without AVX2) the GEMMs
 go to NumPy's BLAS: the Numba transforms then fill the whole batch's V, Mw and dM in C order
 (one parallel launch each, by ranges of tiles) around 16 np.matmul GEMMs.
+
+Small C: no GEMM, Mw and dM never stored. With one input channel (MNIST conv1: x 64x1x28x28,
+w 32x1x3x3, padding 1; its backward needs no dx) the GEMMs above have depth C = 1: the
+forward's are outer products that exist only to write Mw, 16 numbers per tile and filter
+(4x y: 25.7 MB on conv1), which the output transform reads back; the dW GEMM's B operand
+is C = 1 column wide in panels of NR = 48, so 47/48 of its multiply-adds are on padding.
+On a 2-core AMD EPYC (Zen 4, AVX-512), float32, medians of 30, conv1 took forward 1.79 ms
+and backward (dw only) 3.99 ms on that path, against im2col's 0.62 and 0.96 ms. For C <=
+SMALL_C_FORWARD (forward) and C <= SMALL_C_GRAD (dw) the three steps are fused instead, a
+segment of SEG = 16 neighbouring tiles of one row of tiles at a time (the vector lanes):
+
+    thread t, for its rows of tiles (image n, row of tiles r):
+        the four input rows under them, zero-padded, every channel (once per row of tiles)
+        per segment of 16 tiles:  V (16 x C, 16 lanes each) = B^T d B
+            per filter f:  m[k] = sum over c of U[k][f, c] * V[k][c]   (16 vectors)
+                           Y = A^T m A, 4 vectors, interleaved into a 2 x 32 block of y
+    backward dW, per chunk of tile rows (R of them: V of the chunk, 16 KiB), filter by filter:
+        per segment:  dM = A g A^T of dy's 2 x 32 block (read in place where it can be)
+                      s[k][f, c] += dM[k] * V[k][c], lane by lane (a sum per lane)
+        dw = G^T (s summed over lanes, chunks and threads) G
+
+so Mw and dM stay in registers (C > 1: a block in L1), y and dy are touched once, and no
+GEMM runs. A row of tiles narrower than SEG (conv1: 14 tiles) leaves lanes idle; a wider
+one ends on a segment that overlaps the one before (y's numbers there are written twice; in
+dW those lanes' V is 0). Each step is a loop over the 16 lanes that LLVM turns into vector
+code; the rules that keep it so head the small-C section of the code. After (same machine
+and benchmark, two runs, the machine shared with other work): conv1 forward 0.34 and 0.38
+ms, backward (dw) 0.47 and 0.51 ms; im2col in the same runs 0.49 and 0.44, 0.84 and 0.83 ms.
+With more channels the products grow C-fold and the GEMM path wins. Forward, float32, 2
+threads, ms, small-C / chunked: C = 1: 0.42 / 1.17 (64x28x28 -> 32 filters), 0.38 / 0.41
+(64x14x14 -> 64); C = 2: 0.88 / 0.97 and 0.69 / 0.45 (a 14x14 row of tiles fills 7 of the
+16 lanes): SMALL_C_FORWARD = 1. Backward (dw), C = 1, 2, 3, 4, 8: 64x28x28 -> 32: 0.50,
+0.82, 1.09, 1.45, 2.57 / 2.71, 2.52, 2.61, 2.41, 2.94; 64x14x14 -> 64: 0.32, 0.92, 1.24,
+1.40, 2.67 / 1.16, 1.22, 1.28, 1.33, 1.39: SMALL_C_GRAD = 4.
+
 The GPU twin, kernels/cuda/winograd.py, runs the same steps as batched CuPy array operations.
 """
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from ._numba import njit, prange, uintp
 from .gemm import (
@@ -332,6 +381,7 @@ def backward_numpy(dy, x, w, stride, padding, need_dx=True):
 #   _filter_transform_nb, _grad_filter_transform_nb   the filters' (small)
 #   _forward_chunks, _grad_weight_chunks              the chunk loops, one parallel launch
 #   _input_transform_nb, ...                          the whole-batch BLAS path's transforms
+# (the small-C path, after them, has its own section: _small_forward, _small_grad_weight)
 # The hot loops index flat arrays with uintp(...) offsets: kernels/_numba.py says why.
 
 # A chunk's V and Mw (or V^T and dM) should stay in the core's L2 (1 MiB on the project
@@ -661,6 +711,512 @@ def _grad_output_transform_nb(dy, th, tw, dm, bounds):
                            dm.shape[1], True, p_all, bounds[t])
 
 
+# --------------------------------------------------------------------------- Numba, small C
+# A layer with a handful of input channels (a first layer: C = 1 on MNIST) fuses the three
+# steps per segment of SEG tiles, so that neither Mw nor dM is ever stored (module header).
+# Every loop below is over the SEG tiles of a segment, a compile-time constant: LLVM turns
+# each into vector code, one statement a vector (AVX-512, float32: one register). Three
+# rules keep it so, each found by a loop that stayed scalar:
+#   - all its accesses index with uintp(...) of the whole offset (kernels/_numba.py);
+#   - the arrays it reads and writes are either one array at offsets a constant apart,
+#     far enough that LLVM proves them disjoint (_OB and _MB below: with _MB right after
+#     _OB's 4*SEG numbers it could not), or different arrays (the per-thread buffers blks,
+#     vbs, rws, sums, totals): then LLVM checks at run time that they do not overlap.
+#     Offsets a run-time distance apart in one array need a check per pair of accesses,
+#     too many ("too many memory checks");
+#   - no copy between two arrays in a SEG loop: fully unrolled first, it stays 16 scalar
+#     moves (LLVM cannot prove the arrays apart); _copy16 moves 16 numbers as one vector.
+
+SEG = 16      # tiles per segment: one AVX-512 float32 vector (two for float64)
+_OB = 0       # in blks: the output (or dy) block, 2 rows x 2*SEG columns
+_MB = 8 * SEG  # in blks: Mw (or dM) of one filter, 16 x SEG; a gap after _OB (rules above)
+_BLK = _MB + 16 * SEG
+# input channels up to which the small-C path runs (module header: measured crossovers)
+SMALL_C_FORWARD = 1
+SMALL_C_GRAD = 4
+# the backward's chunk of tile rows: their V (float32, MNIST conv1: 16 tile rows, 16 KiB)
+SMALL_CHUNK_BYTES = 16 * 1024
+
+
+@intrinsic
+def _copy16(typingctx, dst, do, src, so):
+    """dst[do:do+16] = src[so:so+16]: one (unaligned) vector load and store."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and dst.dtype == src.dtype and dst.dtype in (types.float32, types.float64)
+            and isinstance(do, types.Integer) and isinstance(so, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = signature.args[0].dtype
+        vty = ir.VectorType(context.get_value_type(ty), 16)
+        align = ty.bitwidth // 8
+
+        def at(i):  # &array[offset] for the (array, offset) pair from argument i
+            data = context.make_array(signature.args[i])(context, builder, args[i]).data
+            off = context.cast(builder, args[i + 1], signature.args[i + 1], types.intp)
+            return builder.bitcast(builder.gep(data, [off]), vty.as_pointer())
+
+        builder.store(builder.load(at(2), align=align), at(0), align=align)
+        return context.get_dummy_value()
+
+    return types.void(dst, do, src, so), codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _copy_run(src, so, dst, do, length):
+    """dst[do:do+length] = src[so:so+length]: 16 numbers at a time, the last 16 overlapping
+    the ones before (the same numbers again); one at a time if length < 16."""
+    if length >= SEG:
+        b = 0
+        while b < length - SEG:
+            _copy16(dst, do + b, src, so + b)
+            b += SEG
+        _copy16(dst, do + length - SEG, src, so + length - SEG)
+    else:
+        for b in range(length):
+            dst[uintp(do + b)] = src[uintp(so + b)]
+
+
+def _row_width(tw):
+    """Columns of the input rows under a row of tiles, as the segments read them."""
+    return 2 * max(tw, SEG) + 2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _input_rows(x, n, t, ph, pw, wp, rw):
+    """rw[(c*4 + i)*wp + j] = x[n, c, 2t - ph + i, j - pw]: the four input rows under tile
+    row t of image n, every channel, zero outside x. The columns outside x are zero from the
+    start (rw is made with zeros); only a row outside x is written there (zeros)."""
+    _, c_in, h, wd = x.shape
+    xf = x.ravel()
+    j0 = max(0, pw)
+    j1 = min(wp, wd + pw)
+    zero = x.dtype.type(0)
+    for c in range(c_in):
+        for i in range(4):
+            row = 2 * t - ph + i
+            o = (c * 4 + i) * wp
+            if 0 <= row < h:
+                _copy_run(xf, ((n * c_in + c) * h + row) * wd + j0 - pw, rw, o + j0, j1 - j0)
+            else:
+                for j in range(wp):
+                    rw[uintp(o + j)] = zero
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _segment_input(c_in, rw, wp, u0, vw):
+    """vw[(c*16 + k)*SEG + l] = (B^T d B)[k] of tile u0 + l (l < SEG), channel c, from the
+    rows _input_rows left in rw."""
+    for c in range(c_in):
+        q = c * 4 * wp + 2 * u0
+        v = c * 16 * SEG
+        for l in range(SEG):
+            r0 = uintp(q + 2 * l)
+            r1 = uintp(q + wp + 2 * l)
+            r2 = uintp(q + 2 * wp + 2 * l)
+            r3 = uintp(q + 3 * wp + 2 * l)
+            # B^T d, a column of d at a time (rows d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+            a0 = rw[r0] - rw[r2]
+            a1 = rw[uintp(r0 + 1)] - rw[uintp(r2 + 1)]
+            a2 = rw[uintp(r0 + 2)] - rw[uintp(r2 + 2)]
+            a3 = rw[uintp(r0 + 3)] - rw[uintp(r2 + 3)]
+            b0 = rw[r1] + rw[r2]
+            b1 = rw[uintp(r1 + 1)] + rw[uintp(r2 + 1)]
+            b2 = rw[uintp(r1 + 2)] + rw[uintp(r2 + 2)]
+            b3 = rw[uintp(r1 + 3)] + rw[uintp(r2 + 3)]
+            e0 = rw[r2] - rw[r1]
+            e1 = rw[uintp(r2 + 1)] - rw[uintp(r1 + 1)]
+            e2 = rw[uintp(r2 + 2)] - rw[uintp(r1 + 2)]
+            e3 = rw[uintp(r2 + 3)] - rw[uintp(r1 + 3)]
+            g0 = rw[r1] - rw[r3]
+            g1 = rw[uintp(r1 + 1)] - rw[uintp(r3 + 1)]
+            g2 = rw[uintp(r1 + 2)] - rw[uintp(r3 + 2)]
+            g3 = rw[uintp(r1 + 3)] - rw[uintp(r3 + 3)]
+            # then B on the right, the same combination of columns
+            o = uintp(v + l)
+            vw[o] = a0 - a2
+            vw[uintp(o + SEG)] = a1 + a2
+            vw[uintp(o + 2 * SEG)] = a2 - a1
+            vw[uintp(o + 3 * SEG)] = a1 - a3
+            vw[uintp(o + 4 * SEG)] = b0 - b2
+            vw[uintp(o + 5 * SEG)] = b1 + b2
+            vw[uintp(o + 6 * SEG)] = b2 - b1
+            vw[uintp(o + 7 * SEG)] = b1 - b3
+            vw[uintp(o + 8 * SEG)] = e0 - e2
+            vw[uintp(o + 9 * SEG)] = e1 + e2
+            vw[uintp(o + 10 * SEG)] = e2 - e1
+            vw[uintp(o + 11 * SEG)] = e1 - e3
+            vw[uintp(o + 12 * SEG)] = g0 - g2
+            vw[uintp(o + 13 * SEG)] = g1 + g2
+            vw[uintp(o + 14 * SEG)] = g2 - g1
+            vw[uintp(o + 15 * SEG)] = g1 - g3
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _segment_output(uf, ub, mc, vw, bw):
+    """The output block (at bw[_OB..]) of one filter: Y = A^T (U * V) A of channel 0, U[k]
+    at uf[k*mc + ub], V at vw[0..]."""
+    ub, mc = uintp(ub), uintp(mc)
+    w0, w1, w2, w3 = uf[ub], uf[ub + mc], uf[ub + 2 * mc], uf[ub + 3 * mc]
+    w4, w5, w6, w7 = uf[ub + 4 * mc], uf[ub + 5 * mc], uf[ub + 6 * mc], uf[ub + 7 * mc]
+    w8, w9, w10, w11 = uf[ub + 8 * mc], uf[ub + 9 * mc], uf[ub + 10 * mc], uf[ub + 11 * mc]
+    w12, w13 = uf[ub + 12 * mc], uf[ub + 13 * mc]
+    w14, w15 = uf[ub + 14 * mc], uf[ub + 15 * mc]
+    for l in range(SEG):
+        o = uintp(l)
+        m0 = w0 * vw[uintp(o)]
+        m1 = w1 * vw[uintp(o + 1 * SEG)]
+        m2 = w2 * vw[uintp(o + 2 * SEG)]
+        m3 = w3 * vw[uintp(o + 3 * SEG)]
+        m4 = w4 * vw[uintp(o + 4 * SEG)]
+        m5 = w5 * vw[uintp(o + 5 * SEG)]
+        m6 = w6 * vw[uintp(o + 6 * SEG)]
+        m7 = w7 * vw[uintp(o + 7 * SEG)]
+        m8 = w8 * vw[uintp(o + 8 * SEG)]
+        m9 = w9 * vw[uintp(o + 9 * SEG)]
+        m10 = w10 * vw[uintp(o + 10 * SEG)]
+        m11 = w11 * vw[uintp(o + 11 * SEG)]
+        m12 = w12 * vw[uintp(o + 12 * SEG)]
+        m13 = w13 * vw[uintp(o + 13 * SEG)]
+        m14 = w14 * vw[uintp(o + 14 * SEG)]
+        m15 = w15 * vw[uintp(o + 15 * SEG)]
+        # Y = A^T m A (as in _output_tiles), the block's two rows interleaved: tile l's
+        # 2x2 block at columns 2l, 2l + 1
+        s00, s10 = m0 + m4 + m8, m4 - m8 - m12
+        s01, s11 = m1 + m5 + m9, m5 - m9 - m13
+        s02, s12 = m2 + m6 + m10, m6 - m10 - m14
+        s03, s13 = m3 + m7 + m11, m7 - m11 - m15
+        bw[uintp(_OB + 2 * l)] = s00 + s01 + s02
+        bw[uintp(_OB + 2 * l + 1)] = s01 - s02 - s03
+        bw[uintp(_OB + 2 * SEG + 2 * l)] = s10 + s11 + s12
+        bw[uintp(_OB + 2 * SEG + 2 * l + 1)] = s11 - s12 - s13
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _segment_output_mw(uf, ub, mc, vw, bw):
+    """The output block: Y = A^T (U * V + Mw) A, channel 0 plus the other channels' products
+    (Mw, at bw[_MB..], from _segment_products)."""
+    ub, mc = uintp(ub), uintp(mc)
+    w0, w1, w2, w3 = uf[ub], uf[ub + mc], uf[ub + 2 * mc], uf[ub + 3 * mc]
+    w4, w5, w6, w7 = uf[ub + 4 * mc], uf[ub + 5 * mc], uf[ub + 6 * mc], uf[ub + 7 * mc]
+    w8, w9, w10, w11 = uf[ub + 8 * mc], uf[ub + 9 * mc], uf[ub + 10 * mc], uf[ub + 11 * mc]
+    w12, w13 = uf[ub + 12 * mc], uf[ub + 13 * mc]
+    w14, w15 = uf[ub + 14 * mc], uf[ub + 15 * mc]
+    for l in range(SEG):
+        o = uintp(l)
+        mo = uintp(_MB + l)
+        m0 = w0 * vw[uintp(o)] + bw[uintp(mo)]
+        m1 = w1 * vw[uintp(o + 1 * SEG)] + bw[uintp(mo + 1 * SEG)]
+        m2 = w2 * vw[uintp(o + 2 * SEG)] + bw[uintp(mo + 2 * SEG)]
+        m3 = w3 * vw[uintp(o + 3 * SEG)] + bw[uintp(mo + 3 * SEG)]
+        m4 = w4 * vw[uintp(o + 4 * SEG)] + bw[uintp(mo + 4 * SEG)]
+        m5 = w5 * vw[uintp(o + 5 * SEG)] + bw[uintp(mo + 5 * SEG)]
+        m6 = w6 * vw[uintp(o + 6 * SEG)] + bw[uintp(mo + 6 * SEG)]
+        m7 = w7 * vw[uintp(o + 7 * SEG)] + bw[uintp(mo + 7 * SEG)]
+        m8 = w8 * vw[uintp(o + 8 * SEG)] + bw[uintp(mo + 8 * SEG)]
+        m9 = w9 * vw[uintp(o + 9 * SEG)] + bw[uintp(mo + 9 * SEG)]
+        m10 = w10 * vw[uintp(o + 10 * SEG)] + bw[uintp(mo + 10 * SEG)]
+        m11 = w11 * vw[uintp(o + 11 * SEG)] + bw[uintp(mo + 11 * SEG)]
+        m12 = w12 * vw[uintp(o + 12 * SEG)] + bw[uintp(mo + 12 * SEG)]
+        m13 = w13 * vw[uintp(o + 13 * SEG)] + bw[uintp(mo + 13 * SEG)]
+        m14 = w14 * vw[uintp(o + 14 * SEG)] + bw[uintp(mo + 14 * SEG)]
+        m15 = w15 * vw[uintp(o + 15 * SEG)] + bw[uintp(mo + 15 * SEG)]
+        # Y = A^T m A (as in _output_tiles), the block's two rows interleaved: tile l's
+        # 2x2 block at columns 2l, 2l + 1
+        s00, s10 = m0 + m4 + m8, m4 - m8 - m12
+        s01, s11 = m1 + m5 + m9, m5 - m9 - m13
+        s02, s12 = m2 + m6 + m10, m6 - m10 - m14
+        s03, s13 = m3 + m7 + m11, m7 - m11 - m15
+        bw[uintp(_OB + 2 * l)] = s00 + s01 + s02
+        bw[uintp(_OB + 2 * l + 1)] = s01 - s02 - s03
+        bw[uintp(_OB + 2 * SEG + 2 * l)] = s10 + s11 + s12
+        bw[uintp(_OB + 2 * SEG + 2 * l + 1)] = s11 - s12 - s13
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _segment_products(uf, ub, mc, vw, vo, bw, add):
+    """Mw (bw[_MB..]) = U * V, or += when `add`, of one channel (V at vw[vo..])."""
+    ub, mc = uintp(ub), uintp(mc)
+    w0, w1, w2, w3 = uf[ub], uf[ub + mc], uf[ub + 2 * mc], uf[ub + 3 * mc]
+    w4, w5, w6, w7 = uf[ub + 4 * mc], uf[ub + 5 * mc], uf[ub + 6 * mc], uf[ub + 7 * mc]
+    w8, w9, w10, w11 = uf[ub + 8 * mc], uf[ub + 9 * mc], uf[ub + 10 * mc], uf[ub + 11 * mc]
+    w12, w13 = uf[ub + 12 * mc], uf[ub + 13 * mc]
+    w14, w15 = uf[ub + 14 * mc], uf[ub + 15 * mc]
+    if add:
+        for l in range(SEG):
+            o = uintp(vo + l)
+            mo = uintp(_MB + l)
+            bw[uintp(mo)] += w0 * vw[uintp(o)]
+            bw[uintp(mo + 1 * SEG)] += w1 * vw[uintp(o + 1 * SEG)]
+            bw[uintp(mo + 2 * SEG)] += w2 * vw[uintp(o + 2 * SEG)]
+            bw[uintp(mo + 3 * SEG)] += w3 * vw[uintp(o + 3 * SEG)]
+            bw[uintp(mo + 4 * SEG)] += w4 * vw[uintp(o + 4 * SEG)]
+            bw[uintp(mo + 5 * SEG)] += w5 * vw[uintp(o + 5 * SEG)]
+            bw[uintp(mo + 6 * SEG)] += w6 * vw[uintp(o + 6 * SEG)]
+            bw[uintp(mo + 7 * SEG)] += w7 * vw[uintp(o + 7 * SEG)]
+            bw[uintp(mo + 8 * SEG)] += w8 * vw[uintp(o + 8 * SEG)]
+            bw[uintp(mo + 9 * SEG)] += w9 * vw[uintp(o + 9 * SEG)]
+            bw[uintp(mo + 10 * SEG)] += w10 * vw[uintp(o + 10 * SEG)]
+            bw[uintp(mo + 11 * SEG)] += w11 * vw[uintp(o + 11 * SEG)]
+            bw[uintp(mo + 12 * SEG)] += w12 * vw[uintp(o + 12 * SEG)]
+            bw[uintp(mo + 13 * SEG)] += w13 * vw[uintp(o + 13 * SEG)]
+            bw[uintp(mo + 14 * SEG)] += w14 * vw[uintp(o + 14 * SEG)]
+            bw[uintp(mo + 15 * SEG)] += w15 * vw[uintp(o + 15 * SEG)]
+    else:
+        for l in range(SEG):
+            o = uintp(vo + l)
+            mo = uintp(_MB + l)
+            bw[uintp(mo)] = w0 * vw[uintp(o)]
+            bw[uintp(mo + 1 * SEG)] = w1 * vw[uintp(o + 1 * SEG)]
+            bw[uintp(mo + 2 * SEG)] = w2 * vw[uintp(o + 2 * SEG)]
+            bw[uintp(mo + 3 * SEG)] = w3 * vw[uintp(o + 3 * SEG)]
+            bw[uintp(mo + 4 * SEG)] = w4 * vw[uintp(o + 4 * SEG)]
+            bw[uintp(mo + 5 * SEG)] = w5 * vw[uintp(o + 5 * SEG)]
+            bw[uintp(mo + 6 * SEG)] = w6 * vw[uintp(o + 6 * SEG)]
+            bw[uintp(mo + 7 * SEG)] = w7 * vw[uintp(o + 7 * SEG)]
+            bw[uintp(mo + 8 * SEG)] = w8 * vw[uintp(o + 8 * SEG)]
+            bw[uintp(mo + 9 * SEG)] = w9 * vw[uintp(o + 9 * SEG)]
+            bw[uintp(mo + 10 * SEG)] = w10 * vw[uintp(o + 10 * SEG)]
+            bw[uintp(mo + 11 * SEG)] = w11 * vw[uintp(o + 11 * SEG)]
+            bw[uintp(mo + 12 * SEG)] = w12 * vw[uintp(o + 12 * SEG)]
+            bw[uintp(mo + 13 * SEG)] = w13 * vw[uintp(o + 13 * SEG)]
+            bw[uintp(mo + 14 * SEG)] = w14 * vw[uintp(o + 14 * SEG)]
+            bw[uintp(mo + 15 * SEG)] = w15 * vw[uintp(o + 15 * SEG)]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _segment_grad(g, go, rs, vw, vo, aw, ao):
+    """aw[ao + k*SEG + l] += dM[k] * V[k] of channel 0 (V at vw[vo..]), dM = A g A^T of the
+    2 x 2*SEG block of dy at g[go..] (its rows rs apart)."""
+    for l in range(SEG):
+        o = uintp(go + 2 * l)
+        g00, g01 = g[o], g[uintp(o + 1)]
+        g10, g11 = g[uintp(o + rs)], g[uintp(o + rs + 1)]
+        # r = A g (rows g0, g0 + g1, g0 - g1, -g1), then dM = r A^T (as _grad_output_tiles)
+        a0, b0 = g00, g01
+        a1, b1 = g00 + g10, g01 + g11
+        a2, b2 = g00 - g10, g01 - g11
+        a3, b3 = -g10, -g11
+        d0, d1, d2, d3 = a0, a0 + b0, a0 - b0, -b0
+        d4, d5, d6, d7 = a1, a1 + b1, a1 - b1, -b1
+        d8, d9, d10, d11 = a2, a2 + b2, a2 - b2, -b2
+        d12, d13, d14, d15 = a3, a3 + b3, a3 - b3, -b3
+        o = uintp(ao + l)
+        v = uintp(vo + l)
+        aw[uintp(o)] += d0 * vw[uintp(v)]
+        aw[uintp(o + 1 * SEG)] += d1 * vw[uintp(v + 1 * SEG)]
+        aw[uintp(o + 2 * SEG)] += d2 * vw[uintp(v + 2 * SEG)]
+        aw[uintp(o + 3 * SEG)] += d3 * vw[uintp(v + 3 * SEG)]
+        aw[uintp(o + 4 * SEG)] += d4 * vw[uintp(v + 4 * SEG)]
+        aw[uintp(o + 5 * SEG)] += d5 * vw[uintp(v + 5 * SEG)]
+        aw[uintp(o + 6 * SEG)] += d6 * vw[uintp(v + 6 * SEG)]
+        aw[uintp(o + 7 * SEG)] += d7 * vw[uintp(v + 7 * SEG)]
+        aw[uintp(o + 8 * SEG)] += d8 * vw[uintp(v + 8 * SEG)]
+        aw[uintp(o + 9 * SEG)] += d9 * vw[uintp(v + 9 * SEG)]
+        aw[uintp(o + 10 * SEG)] += d10 * vw[uintp(v + 10 * SEG)]
+        aw[uintp(o + 11 * SEG)] += d11 * vw[uintp(v + 11 * SEG)]
+        aw[uintp(o + 12 * SEG)] += d12 * vw[uintp(v + 12 * SEG)]
+        aw[uintp(o + 13 * SEG)] += d13 * vw[uintp(v + 13 * SEG)]
+        aw[uintp(o + 14 * SEG)] += d14 * vw[uintp(v + 14 * SEG)]
+        aw[uintp(o + 15 * SEG)] += d15 * vw[uintp(v + 15 * SEG)]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _segment_grad_output(g, go, rs, bw):
+    """dM (at bw[_MB..]) of the block of dy at g[go..] (rows rs apart)."""
+    for l in range(SEG):
+        o = uintp(go + 2 * l)
+        g00, g01 = g[o], g[uintp(o + 1)]
+        g10, g11 = g[uintp(o + rs)], g[uintp(o + rs + 1)]
+        # r = A g (rows g0, g0 + g1, g0 - g1, -g1), then dM = r A^T (as _grad_output_tiles)
+        a0, b0 = g00, g01
+        a1, b1 = g00 + g10, g01 + g11
+        a2, b2 = g00 - g10, g01 - g11
+        a3, b3 = -g10, -g11
+        d0, d1, d2, d3 = a0, a0 + b0, a0 - b0, -b0
+        d4, d5, d6, d7 = a1, a1 + b1, a1 - b1, -b1
+        d8, d9, d10, d11 = a2, a2 + b2, a2 - b2, -b2
+        d12, d13, d14, d15 = a3, a3 + b3, a3 - b3, -b3
+        o = uintp(_MB + l)
+        bw[uintp(o)] = d0
+        bw[uintp(o + 1 * SEG)] = d1
+        bw[uintp(o + 2 * SEG)] = d2
+        bw[uintp(o + 3 * SEG)] = d3
+        bw[uintp(o + 4 * SEG)] = d4
+        bw[uintp(o + 5 * SEG)] = d5
+        bw[uintp(o + 6 * SEG)] = d6
+        bw[uintp(o + 7 * SEG)] = d7
+        bw[uintp(o + 8 * SEG)] = d8
+        bw[uintp(o + 9 * SEG)] = d9
+        bw[uintp(o + 10 * SEG)] = d10
+        bw[uintp(o + 11 * SEG)] = d11
+        bw[uintp(o + 12 * SEG)] = d12
+        bw[uintp(o + 13 * SEG)] = d13
+        bw[uintp(o + 14 * SEG)] = d14
+        bw[uintp(o + 15 * SEG)] = d15
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _segment_grad_products(bw, vw, vo, aw, ao):
+    """aw[ao + k*SEG + l] += dM[k] * V[k] of one channel (dM at bw[_MB..], V at vw[vo..])."""
+    for l in range(SEG):
+        o = uintp(ao + l)
+        v = uintp(vo + l)
+        mo = uintp(_MB + l)
+        aw[uintp(o)] += bw[uintp(mo)] * vw[uintp(v)]
+        aw[uintp(o + 1 * SEG)] += bw[uintp(mo + 1 * SEG)] * vw[uintp(v + 1 * SEG)]
+        aw[uintp(o + 2 * SEG)] += bw[uintp(mo + 2 * SEG)] * vw[uintp(v + 2 * SEG)]
+        aw[uintp(o + 3 * SEG)] += bw[uintp(mo + 3 * SEG)] * vw[uintp(v + 3 * SEG)]
+        aw[uintp(o + 4 * SEG)] += bw[uintp(mo + 4 * SEG)] * vw[uintp(v + 4 * SEG)]
+        aw[uintp(o + 5 * SEG)] += bw[uintp(mo + 5 * SEG)] * vw[uintp(v + 5 * SEG)]
+        aw[uintp(o + 6 * SEG)] += bw[uintp(mo + 6 * SEG)] * vw[uintp(v + 6 * SEG)]
+        aw[uintp(o + 7 * SEG)] += bw[uintp(mo + 7 * SEG)] * vw[uintp(v + 7 * SEG)]
+        aw[uintp(o + 8 * SEG)] += bw[uintp(mo + 8 * SEG)] * vw[uintp(v + 8 * SEG)]
+        aw[uintp(o + 9 * SEG)] += bw[uintp(mo + 9 * SEG)] * vw[uintp(v + 9 * SEG)]
+        aw[uintp(o + 10 * SEG)] += bw[uintp(mo + 10 * SEG)] * vw[uintp(v + 10 * SEG)]
+        aw[uintp(o + 11 * SEG)] += bw[uintp(mo + 11 * SEG)] * vw[uintp(v + 11 * SEG)]
+        aw[uintp(o + 12 * SEG)] += bw[uintp(mo + 12 * SEG)] * vw[uintp(v + 12 * SEG)]
+        aw[uintp(o + 13 * SEG)] += bw[uintp(mo + 13 * SEG)] * vw[uintp(v + 13 * SEG)]
+        aw[uintp(o + 14 * SEG)] += bw[uintp(mo + 14 * SEG)] * vw[uintp(v + 14 * SEG)]
+        aw[uintp(o + 15 * SEG)] += bw[uintp(mo + 15 * SEG)] * vw[uintp(v + 15 * SEG)]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _small_forward(x, u, ph, pw, th, tw, y, bounds, blks, vbs, rws):
+    """Thread t, for its tile rows bounds[t]:bounds[t+1] (row r: tile row r % th of image
+    r // th), a segment of SEG tiles at a time: V (all channels, vbs[t]) -> per filter the
+    16 products summed over channels and Y = A^T m A (blks[t]) -> y. U[k][m, c] at
+    u[k, m*C + c]. A row of tiles narrower than SEG leaves lanes unused; one wider ends on a
+    segment that overlaps the one before (its first tiles are computed and written twice)."""
+    c_in = x.shape[1]
+    m_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    mc = m_out * c_in
+    wp = 2 * max(tw, SEG) + 2  # _row_width
+    yf = y.ravel()
+    uf = u.ravel()
+    nseg = (tw + SEG - 1) // SEG
+    for p in prange(bounds.shape[0] - 1):
+        bw = blks[p]
+        vw = vbs[p]
+        rw = rws[p]
+        for r in range(bounds[p], bounds[p + 1]):
+            n = r // th
+            t = r - n * th
+            _input_rows(x, n, t, ph, pw, wp, rw)
+            rows = min(2, ho - 2 * t)    # the block's rows and columns inside y
+            for s in range(nseg):
+                u0 = min(s * SEG, max(tw - SEG, 0))
+                _segment_input(c_in, rw, wp, u0, vw)
+                cols = min(2 * SEG, wo - 2 * u0)
+                for f in range(m_out):
+                    if c_in == 1:
+                        _segment_output(uf, f, mc, vw, bw)
+                    else:
+                        for c in range(1, c_in):
+                            _segment_products(uf, f * c_in + c, mc, vw, c * 16 * SEG, bw,
+                                              c > 1)
+                        _segment_output_mw(uf, f * c_in, mc, vw, bw)
+                    for a in range(rows):
+                        _copy_run(bw, _OB + a * 2 * SEG, yf,
+                                  ((n * m_out + f) * ho + 2 * t + a) * wo + 2 * u0, cols)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _small_grad_weight(dy, x, ph, pw, th, tw, bounds, rchunk, blks, dybs, vbs, rws, metas,
+                       sums, totals, du_parts):
+    """du_parts[t, k, f, c] = sum over thread t's tiles of dM[k][f] * V[k][c], thread t
+    taking tile rows bounds[t]:bounds[t+1], rchunk at a time: V of the chunk's segments
+    (vbs[t]), then filter by filter the chunk's dM times V, added lane by lane into sums[t]
+    and that into the filter's totals[t] (a two-level sum, for float32's rounding), which
+    are summed over lanes at the end. Lanes that a segment must not count (past the row of
+    tiles, or counted by the segment before) have V = 0. dy's block is read in place when
+    its two rows and the columns of its tiles lie inside dy (the columns past the row then
+    read the next row's numbers, multiplied by V = 0), else copied into a zeroed block
+    (dybs[t]); metas[t] holds where each block starts in dy and which way it is read."""
+    c_in = x.shape[1]
+    m_out, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    wp = 2 * max(tw, SEG) + 2  # _row_width
+    dyf = dy.ravel()
+    nseg = (tw + SEG - 1) // SEG
+    vsize = c_in * 16 * SEG
+    plane = ho * wo
+    zero = dy.dtype.type(0)
+    for p in prange(bounds.shape[0] - 1):
+        bw = blks[p]
+        db = dybs[p]
+        vw = vbs[p]
+        rw = rws[p]
+        sw = sums[p]
+        aw = totals[p]
+        meta = metas[p]
+        r0 = bounds[p]
+        while r0 < bounds[p + 1]:
+            r1 = min(r0 + rchunk, bounds[p + 1])
+            nb = (r1 - r0) * nseg
+            for r in range(r0, r1):   # V of the chunk's segments, and where their dy is
+                n = r // th
+                t = r - n * th
+                _input_rows(x, n, t, ph, pw, wp, rw)
+                rows = min(2, ho - 2 * t)
+                for s in range(nseg):
+                    u0 = min(s * SEG, max(tw - SEG, 0))
+                    j = (r - r0) * nseg + s
+                    vo = j * vsize
+                    _segment_input(c_in, rw, wp, u0, vw[vo:])
+                    lo = s * SEG - u0          # lanes counted by the segment before
+                    hi = min(SEG, tw - u0)     # lanes past the row of tiles
+                    for c in range(c_in):
+                        for k in range(16):
+                            o = vo + (c * 16 + k) * SEG
+                            for l in range(lo):
+                                vw[uintp(o + l)] = zero
+                            for l in range(hi, SEG):
+                                vw[uintp(o + l)] = zero
+                    src = (n * m_out * ho + 2 * t) * wo + 2 * u0   # dy[n, 0, 2t, 2u0]
+                    end = src + (m_out - 1) * plane + wo + 2 * SEG   # past the last block
+                    in_place = rows == 2 and 2 * (u0 + hi) <= wo and end <= dyf.shape[0]
+                    if not in_place:
+                        for i in range(4 * SEG):
+                            db[uintp(j * 4 * SEG + i)] = zero
+                    meta[3 * j] = src
+                    meta[3 * j + 1] = 0 if in_place else rows
+                    meta[3 * j + 2] = min(2 * SEG, wo - 2 * u0)
+            for f in range(m_out):
+                for i in range(vsize):
+                    sw[uintp(i)] = zero
+                for j in range(nb):
+                    src = meta[3 * j] + f * plane
+                    rows = meta[3 * j + 1]
+                    if rows == 0:   # in place
+                        g, go, rs = dyf, src, wo
+                    else:
+                        go = j * 4 * SEG
+                        _copy_run(dyf, src, db, go, meta[3 * j + 2])
+                        if rows == 2:
+                            _copy_run(dyf, src + wo, db, go + 2 * SEG, meta[3 * j + 2])
+                        g, rs = db, 2 * SEG
+                    vo = j * vsize
+                    if c_in == 1:
+                        _segment_grad(g, go, rs, vw, vo, sw, 0)
+                    else:
+                        _segment_grad_output(g, go, rs, bw)
+                        for c in range(c_in):
+                            _segment_grad_products(bw, vw, vo + c * 16 * SEG, sw,
+                                                   c * 16 * SEG)
+                ao = f * vsize
+                for i in range(vsize):
+                    aw[uintp(ao + i)] += sw[uintp(i)]
+            r0 = r1
+        for f in range(m_out):
+            for c in range(c_in):
+                for k in range(16):
+                    o = ((f * c_in + c) * 16 + k) * SEG
+                    total = zero
+                    for l in range(SEG):
+                        total += aw[uintp(o + l)]
+                    du_parts[p, k, f, c] = total
+
+
 # --------------------------------------------------------------------------- Numba drivers
 
 
@@ -686,15 +1242,27 @@ def _plan(n_tiles, c, m, dtype):
     return parts, bounds, min(nb_max, panels(int(np.diff(bounds).max()), nr))
 
 
+def _rows_plan(rows):
+    """(parts, bounds): the small-C path's split of the tile rows, one part per thread."""
+    parts = max(1, min(numba.get_num_threads(), rows))
+    return parts, split_bounds(rows, parts, 1)
+
+
 def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
     """The Numba forward's buffers (module header): the packed U, per thread a chunk's V
-    and Mw and four input rows; on the BLAS path U, the whole batch's V and Mw, the rows."""
+    and Mw and four input rows; on the BLAS path U, the whole batch's V and Mw, the rows;
+    on the small-C path U and per thread an output block, a segment's V and input rows."""
     check("workspace_bytes", x_shape, w_shape, stride)
     n, c, _, _ = x_shape
     m = w_shape[0]
     _, _, th, tw = geometry(x_shape, padding)
     p = n * th * tw
     dtype = np.float32 if itemsize == 4 else np.float64
+    if c <= SMALL_C_FORWARD:  # U; per thread the blocks, a segment's V, the input rows
+        parts = _rows_plan(n * th)[0]
+        return itemsize * (16 * m * c + parts * (
+            _kstride(_BLK, dtype) + _kstride(16 * SEG * c, dtype)
+            + _kstride(4 * c * _row_width(tw), dtype)))
     parts, _, nb_max = _plan(p, c, m, dtype)
     lines = parts * _kstride(4 * (2 * tw + 2), dtype)
     if not uses_numba(dtype):  # U, V and Mw of the whole batch
@@ -705,8 +1273,27 @@ def workspace_bytes_numba(x_shape, w_shape, stride, padding, itemsize):
     return itemsize * (upack + parts * chunk + lines)
 
 
+def _forward_small(x, w, padding):
+    """The small-C path (module header): no GEMM, Mw never stored."""
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    ho, wo, th, tw = geometry(x.shape, padding)
+    dt = x.dtype
+    parts, bounds = _rows_plan(n * th)
+    u = np.empty((16, m * c), dtype=dt)                      # U[k][m, c] at u[k, m*C + c]
+    _filter_transform_nb(w, 1, u)
+    blks = np.empty((parts, _kstride(_BLK, dt)), dtype=dt)   # (_kstride: no false sharing)
+    vbs = np.empty((parts, _kstride(16 * SEG * c, dt)), dtype=dt)
+    rws = np.zeros((parts, _kstride(4 * c * _row_width(tw), dt)), dtype=dt)
+    y = np.empty((n, m, ho, wo), dtype=dt)
+    _small_forward(x, u, padding[0], padding[1], th, tw, y, bounds, blks, vbs, rws)
+    return y
+
+
 def _forward_numba(x, w, padding):
     n, c = x.shape[:2]
+    if c <= SMALL_C_FORWARD:
+        return _forward_small(x, w, padding)
     m = w.shape[0]
     ph, pw = padding
     ho, wo, th, tw = geometry(x.shape, padding)
@@ -741,9 +1328,36 @@ def forward_numba(x, w, stride, padding):
     return _forward_numba(x, w, padding)
 
 
+def _grad_weight_small(dy, x, padding, dw):
+    """The small-C path's dw (module header): dM never stored."""
+    n, c = x.shape[:2]
+    m = dy.shape[1]
+    _, _, th, tw = geometry(x.shape, padding)
+    dt = x.dtype
+    parts, bounds = _rows_plan(n * th)
+    nseg = -(-tw // SEG)
+    vseg = 16 * SEG * c                                      # one segment's V
+    rchunk = max(1, SMALL_CHUNK_BYTES // (nseg * vseg * dt.itemsize))
+    rchunk = min(rchunk, int(np.diff(bounds).max()))
+    blks = np.empty((parts, _kstride(_BLK, dt)), dtype=dt)
+    dybs = np.empty((parts, _kstride(rchunk * nseg * 4 * SEG, dt)), dtype=dt)
+    vbs = np.empty((parts, _kstride(rchunk * nseg * vseg, dt)), dtype=dt)
+    rws = np.zeros((parts, _kstride(4 * c * _row_width(tw), dt)), dtype=dt)
+    metas = np.empty((parts, 3 * rchunk * nseg + 8), dtype=np.int64)
+    sums = np.empty((parts, _kstride(vseg, dt)), dtype=dt)
+    totals = np.zeros((parts, _kstride(m * vseg, dt)), dtype=dt)
+    du_parts = np.empty((parts, 16, m, c), dtype=dt)
+    _small_grad_weight(dy, x, padding[0], padding[1], th, tw, bounds, rchunk, blks, dybs,
+                       vbs, rws, metas, sums, totals, du_parts)
+    _grad_filter_transform_nb(du_parts, dw)
+
+
 def _grad_weight_numba(dy, x, padding, dw):
     """dw = G^T dU G, dU[k] the sum over all tiles of dM[k] @ V[k]^T."""
     n, c = x.shape[:2]
+    if c <= SMALL_C_GRAD:
+        _grad_weight_small(dy, x, padding, dw)
+        return
     m = dy.shape[1]
     ph, pw = padding
     _, _, th, tw = geometry(x.shape, padding)

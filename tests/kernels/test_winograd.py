@@ -4,8 +4,10 @@ The module is called directly (kernels.ALGORITHMS' sweeps cover it through the p
 where the shape allows, tests/kernels/test_conv_parity.py): values, dx and dw in
 float32 and float64, NumPy and Numba, on odd and even sizes, 1 to 17 channels and filters,
 paddings 0 to 3, batches 1 to 3; the Numba path's chunks ending inside images and rows of
-tiles, and its BLAS path; the float32 error against a float32 GEMM lowering's (im2col); the
-shape errors; and workspace_bytes against what forward really allocates.
+tiles, and its BLAS path; its small-C path (rows of tiles narrower and wider than a
+segment, its dy read in place and copied, its chunks of tile rows) against PyTorch and
+the chunked path; the float32 error against a float32 GEMM lowering's (im2col); the shape
+errors; and workspace_bytes against what forward really allocates.
 """
 import tracemalloc
 
@@ -122,6 +124,84 @@ def test_float32_error_is_like_a_float32_gemm(backend):
         assert ew < 4 * ei, f"{name}: Winograd {ew:.2e} vs im2col {ei:.2e}"
 
 
+# (N, C, H, W, M, padding) for the small-C path: SEG = 16 tiles a segment
+SMALL_CASES = [
+    (1, 1, 3, 3, 1, 0),       # one tile, one thread's worth of work (N < threads)
+    (3, 1, 28, 28, 8, 1),     # MNIST conv1's image: 14 tiles a row, one partial segment
+    (2, 1, 9, 40, 3, 2),      # 21 tiles a row: a second segment overlapping the first
+    (2, 2, 11, 33, 4, 0),     # C = 2, odd Ho and Wo: the last row and column cropped
+    (1, 3, 35, 64, 5, 1),     # C = 3, N = 1, odd Ho, exactly 2 segments a row
+    (2, 4, 7, 6, 3, 2),       # C = 4, the largest SMALL_C_GRAD
+    (2, 2, 9, 8, 1, 3),       # M = 1: dx is a small-C forward with padding -1 (cropped)
+]
+
+
+def _count_calls(monkeypatch, name):
+    calls = []
+    fn = getattr(winograd, name)
+    monkeypatch.setattr(winograd, name, lambda *a: calls.append(1) or fn(*a))
+    return calls
+
+
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
+@pytest.mark.parametrize("dtype", oracle.DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", SMALL_CASES, ids=_ids)
+def test_small_c_path(case, dtype, need_dx, monkeypatch):
+    """The small-C path (C <= SMALL_C_FORWARD for y, <= SMALL_C_GRAD for dw; and y of the
+    dx when M is small) against PyTorch, and against the chunked path on the same arrays."""
+    c, m = case[1], case[4]
+    x, w, dy, padding = data(case, dtype, seed=2)
+    fwd = _count_calls(monkeypatch, "_forward_small")
+    grad = _count_calls(monkeypatch, "_grad_weight_small")
+    got = run("numba", x, w, dy, padding, need_dx=need_dx)
+    assert len(fwd) == (c <= winograd.SMALL_C_FORWARD) + (need_dx and m <= winograd.SMALL_C_FORWARD)
+    assert len(grad) == (c <= winograd.SMALL_C_GRAD)
+    want = oracle.torch_conv(x, w, dy, 1, padding)
+    if not need_dx:
+        assert got[1] is None
+        got, want = got[::2], want[::2]
+    tag = f"winograd/numba small C, case {case} {np.dtype(dtype).name}"
+    for g, r, name in zip(got, want, ("y", "dx", "dw") if need_dx else ("y", "dw"),
+                          strict=True):
+        oracle.assert_close(g, r, f"{name} {tag}", dtype)
+    monkeypatch.setattr(winograd, "SMALL_C_FORWARD", 0)
+    monkeypatch.setattr(winograd, "SMALL_C_GRAD", 0)
+    chunked = run("numba", x, w, dy, padding, need_dx=need_dx)
+    for g, r in zip(got, chunked[::1 if need_dx else 2], strict=True):
+        oracle.assert_close(g, r.astype(np.float64), f"vs the chunked path, {tag}", dtype)
+
+
+def test_small_c_grad_chunks(monkeypatch):
+    """The small-C backward's chunks of tile rows (one tile row each, SMALL_CHUNK_BYTES =
+    1), ending inside images; threads with several chunks."""
+    monkeypatch.setattr(winograd, "SMALL_CHUNK_BYTES", 1)
+    for case in [(3, 1, 10, 12, 4, 1), (2, 3, 9, 40, 5, 0)]:
+        for dtype in oracle.DTYPES:
+            x, w, dy, padding = data(case, dtype, seed=4)
+            _, dw = winograd.backward_numba(dy, x, w, (1, 1), padding, need_dx=False)
+            oracle.assert_close(dw, oracle.torch_conv(x, w, dy, 1, padding)[2],
+                                f"dw, small C, chunks of one tile row, {case}", dtype)
+
+
+@pytest.mark.parametrize("case", [(16, 1, 28, 28, 32, 1), (8, 3, 20, 20, 16, 1)],
+                         ids=_ids)
+def test_small_c_float32_error_is_like_a_float32_gemm(case):
+    """As test_float32_error_is_like_a_float32_gemm, on the small-C path: y and dw within
+    4x of im2col's float32 error and under 1e-6 of the largest value (dw adds up 16 lanes
+    of sums over chunks of tile rows: 6272 tiles a thread on MNIST conv1's batch of 64)."""
+    x, w, dy, padding = data(case, np.float32, seed=5)
+    ref = oracle.torch_conv(x, w, dy, 1, padding)
+    y = winograd.forward_numba(x, w, (1, 1), padding)
+    _, dw = winograd.backward_numba(dy, x, w, (1, 1), padding, need_dx=False)
+    gy = im2col.forward_numba(x, w, (1, 1), padding)
+    _, gdw = im2col.backward_numba(dy, x, w, (1, 1), padding, need_dx=False)
+    for name, g, d, r in (("y", y, gy, ref[0]), ("dw", dw, gdw, ref[2])):
+        ew, ei = rel_err(g, r), rel_err(d, r)
+        print(f"float32 small C {name}: winograd {ew:.2e}, im2col {ei:.2e}")
+        assert ew < 1e-6, f"{name}: float32 Winograd error {ew:.2e}"
+        assert ew < 4 * ei, f"{name}: Winograd {ew:.2e} vs im2col {ei:.2e}"
+
+
 def test_matrices_compute_a_1d_correlation():
     """F(2, 3) in one dimension: A^T [(G g) * (B^T d)] = the two outputs of d correlated
     with g, for random d and g (the 2-D algorithm nests this one)."""
@@ -165,6 +245,8 @@ WORKSPACE_CASES = [  # x shape, w shape, padding
     ((3, 4, 17, 17), (6, 4, 3, 3), (0, 0)),    # no padding, odd output: grid padded
     ((3, 4, 18, 18), (6, 4, 3, 3), (0, 0)),    # no padding, tiles fit: no copy at all
     ((64, 32, 14, 14), (64, 32, 3, 3), (1, 1)),  # MNIST conv2: many chunks per thread
+    ((4, 1, 28, 28), (32, 1, 3, 3), (1, 1)),   # C = 1 (MNIST conv1): the small-C path
+    ((3, 1, 9, 40), (5, 1, 3, 3), (0, 2)),     # small C, rows of tiles wider than SEG
 ]
 
 
@@ -227,10 +309,14 @@ def test_workspace_mnist_conv2(monkeypatch):
 def test_numba_chunks_and_blas_path(mode, monkeypatch):
     """The Numba path with one NR-wide panel of tiles per chunk (CHUNK_BYTES = 1), so that
     chunks and panels end inside rows of tiles and inside images, and threads take several
-    chunks each; and ("blas") the whole-batch path around NumPy's BLAS."""
+    chunks each; and ("blas") the whole-batch path around NumPy's BLAS; also for the small
+    C that the small-C path otherwise takes."""
     monkeypatch.setattr(gemm, "MODE", mode)
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
-    for case in [(5, 3, 14, 13, 6, 1), (3, 9, 10, 11, 20, 0), (4, 4, 9, 9, 3, 3)]:
+    monkeypatch.setattr(winograd, "SMALL_C_FORWARD", 0)  # not the small-C path, any C
+    monkeypatch.setattr(winograd, "SMALL_C_GRAD", 0)
+    for case in [(5, 3, 14, 13, 6, 1), (3, 9, 10, 11, 20, 0), (4, 4, 9, 9, 3, 3),
+                 (2, 1, 7, 9, 4, 1)]:
         for dtype in oracle.DTYPES:
             x, w, dy, padding = data(case, dtype)
             oracle.assert_conv_close(run("numba", x, w, dy, padding),
