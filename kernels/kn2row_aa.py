@@ -363,7 +363,6 @@ def _small_c_backward_ext_nb(dy, x, w, offs, ph, pw, need_dx, dx, dw_parts, boun
     hp, wp = h + 2 * ph, wd + 2 * pw
     run = ho * wp
     dyf = dy.ravel()
-    dxf = dx.ravel()
     for th in prange(bounds.shape[0] - 1):
         xp = xpads[th]
         dz = dzs[th]
@@ -390,13 +389,9 @@ def _small_c_backward_ext_nb(dy, x, w, offs, ph, pw, need_dx, dx, dw_parts, boun
                             wv = w[mm, cc, k // kw, k % kw]
                             for q in range(run):
                                 dxp[src + uintp(q)] += wv * dz[uintp(q)]
-            if need_dx:
+            if need_dx:  # dx[b, c] = the interior of dxpad's plane c
                 for cc in range(c):
-                    for ih in range(h):
-                        d = uintp(((b * c + cc) * h + ih) * wd)
-                        s = uintp((cc * hp + ih + ph) * wp + pw)
-                        for t in range(wd):
-                            dxf[d + uintp(t)] = dxp[s + uintp(t)]
+                    crop(dxp[(cc * hp + ph) * wp:], wp, pw, h, wd, dx, b * c + cc)
 
 
 @njit(parallel=True, cache=True, nogil=True)
