@@ -265,12 +265,12 @@ def _small_c_forward_nb(x, w, tt, sh, sw, y):
 @njit(parallel=True, cache=True, nogil=True)
 def _small_c_backward_nb(dy, x, w, tt, sh, sw, need_dx, dx, dw_parts, bounds, accs):
     """Tiny C, the adjoint of _small_c_forward_nb. Thread t, for its images b and every
-    output channel m, tap and input channel c:
+    output channel m, tap and input channel c, in one pass over the tap's rows:
         dw_parts[t, m, c, i, j] += <dy[b, m], x[b, c] shifted by the tap>
         dx[b, c] (shifted back) += w[m, c, i, j] * dy[b, m]          (need_dx)
-    The dot is summed element-wise into the row-long accs[t] first (a loop LLVM vectorises)
-    and reduced once per (m, tap, c). Each thread writes only its own images' dx and its own
-    dw_parts[t]."""
+    The dot is summed element-wise into the row-long accs[t] and reduced once per
+    (m, tap, c). Each thread writes only its own images' dx and its own dw_parts[t]. (Rows
+    are short here, too short for LLVM's vector loop: stride 1 takes the _ext kernels.)"""
     n, c, h, wd = x.shape
     m, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     xf = x.ravel()
@@ -285,33 +285,21 @@ def _small_c_backward_nb(dy, x, w, tt, sh, sw, need_dx, dx, dw_parts, bounds, ac
                     i, j, oh0, oh1 = tt[k, 0], tt[k, 1], tt[k, 2], tt[k, 3]
                     ow0, cnt, ih0, iw0 = tt[k, 4], tt[k, 5] - tt[k, 4], tt[k, 6], tt[k, 7]
                     for cc in range(c):
+                        wv = w[mm, cc, i, j]
                         for t in range(cnt):
                             acc[t] = 0.0
                         for oh in range(oh0, oh1):
                             d = uintp(((b * m + mm) * ho + oh) * wo + ow0)
                             s = uintp(((b * c + cc) * h + ih0 + (oh - oh0) * sh) * wd + iw0)
-                            if sw == 1:
-                                for t in range(cnt):
-                                    acc[t] += dyf[d + uintp(t)] * xf[s + uintp(t)]
-                            else:
-                                for t in range(cnt):
-                                    acc[t] += dyf[d + uintp(t)] * xf[s + uintp(t * sw)]
-                        total = 0.0
+                            for t in range(cnt):
+                                g = dyf[d + uintp(t)]
+                                acc[t] += g * xf[s + uintp(t * sw)]
+                                if need_dx:
+                                    dxf[s + uintp(t * sw)] += wv * g
+                        total = acc[0] * 0.0
                         for t in range(cnt):
                             total += acc[t]
                         dwp[mm, cc, i, j] += total
-                        if not need_dx:
-                            continue
-                        wv = w[mm, cc, i, j]
-                        for oh in range(oh0, oh1):
-                            d = uintp(((b * m + mm) * ho + oh) * wo + ow0)
-                            s = uintp(((b * c + cc) * h + ih0 + (oh - oh0) * sh) * wd + iw0)
-                            if sw == 1:
-                                for t in range(cnt):
-                                    dxf[s + uintp(t)] += wv * dyf[d + uintp(t)]
-                            else:
-                                for t in range(cnt):
-                                    dxf[s + uintp(t * sw)] += wv * dyf[d + uintp(t)]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -381,7 +369,7 @@ def _small_c_backward_ext_nb(dy, x, w, offs, ph, pw, need_dx, dx, dw_parts, boun
                 for k in range(offs.shape[0]):
                     for cc in range(c):
                         src = uintp(cc * hp * wp + offs[k])
-                        total = dz[0] * 0.0
+                        total = dz.dtype.type(0)
                         for q in range(run):
                             total += dz[uintp(q)] * xp[src + uintp(q)]
                         dwp[mm, cc, k // kw, k % kw] += total
