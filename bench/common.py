@@ -14,6 +14,8 @@ few slow rounds (another process woke up) drag the mean, while the median stays 
 """
 import time
 
+import numpy as np
+
 # Every timed test first calls its function for at least SETTLE_S seconds, untimed. Thread
 # pools keep spinning after their last call: OpenBLAS's workers for tens of milliseconds,
 # which on 2 cores made the Numba im2col's conv2 forward measure 1.68 ms right after the
@@ -62,3 +64,41 @@ def record(benchmark, **extra):
     """benchmark.extra_info.update(extra), leaving out the entries that are None (a rate
     that a disabled run could not measure), so a JSON never carries a null number."""
     benchmark.extra_info.update({k: v for k, v in extra.items() if v is not None})
+
+
+# --------------------------------------------------------------------------- conv layers
+# The layers every convolution benchmark times (test_bench_conv.py, numba_vs_numpy.py,
+# interleaved_conv.py): the seed MNIST CNN's two, and a wide 64-channel 56x56 one.
+LAYERS = {  # name: (x shape, w shape, stride, padding)
+    "mnist-conv1": ((64, 1, 28, 28), (32, 1, 3, 3), 1, 1),
+    "mnist-conv2": ((64, 32, 14, 14), (64, 32, 3, 3), 1, 1),
+    "wide": ((16, 64, 56, 56), (64, 64, 3, 3), 1, 1),
+}
+
+
+def conv_flops(x_shape, w_shape, stride, padding):
+    """Multiply-adds of one forward convolution, times 2."""
+    n, c, h, w = x_shape
+    m, _, kh, kw = w_shape
+    ho = (h + 2 * padding - kh) // stride + 1
+    wo = (w + 2 * padding - kw) // stride + 1
+    return 2 * n * m * ho * wo * c * kh * kw
+
+
+def pass_flops(layer, pass_):
+    """Forward: one GEMM's worth; forward+backward: three (y, dx and dw)."""
+    return conv_flops(*LAYERS[layer]) * (1 if pass_ == "forward" else 3)
+
+
+def make_inputs(layer):
+    """x, w and an output gradient dy for `layer`: float32, the same numbers every time."""
+    x_shape, w_shape, stride, padding = LAYERS[layer]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    y_shape = (x_shape[0], w_shape[0]) + tuple(
+        (s + 2 * padding - k) // stride + 1
+        for s, k in zip(x_shape[2:], w_shape[2:], strict=True)
+    )
+    dy = rng.standard_normal(y_shape).astype(np.float32)
+    return x, w, dy

@@ -20,35 +20,18 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minigrad.allocator import retain_freed_memory
 
 retain_freed_memory()
 
+from bench.common import LAYERS, make_inputs  # noqa: E402
 from minigrad import kernels  # noqa: E402
 
-LAYERS = {  # name: (x shape, w shape, stride, padding)
-    "mnist-conv1": ((64, 1, 28, 28), (32, 1, 3, 3), 1, 1),
-    "mnist-conv2": ((64, 32, 14, 14), (64, 32, 3, 3), 1, 1),
-    "wide": ((16, 64, 56, 56), (64, 64, 3, 3), 1, 1),
-}
 ALGOS = ("im2row", "kn2row", "kn2row-aa", "kn2col", "im2col")
 BACKENDS = ("numpy", "numba")
 PASSES = ("fwd", "fwd+bwd")
-
-
-def make_inputs(layer):
-    x_shape, w_shape, stride, padding = LAYERS[layer]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal(w_shape).astype(np.float32)
-    y_shape = (x_shape[0], w_shape[0]) + tuple(
-        (s + 2 * padding - k) // stride + 1 for s, k in zip(x_shape[2:], w_shape[2:], strict=True))
-    dy = rng.standard_normal(y_shape).astype(np.float32)
-    return x, w, dy, stride, padding
 
 
 def best_ms(fn, reps, warmup=1):
@@ -63,7 +46,8 @@ def best_ms(fn, reps, warmup=1):
 
 
 def time_minigrad(layer, algo, backend, pass_, reps):
-    x, w, dy, s, p = make_inputs(layer)
+    x, w, dy = make_inputs(layer)
+    s, p = LAYERS[layer][2:]
 
     def fwd():
         return kernels.conv2d_forward(x, w, s, p, algo=algo, backend=backend)
@@ -78,8 +62,8 @@ def time_minigrad(layer, algo, backend, pass_, reps):
 def time_torch(layer, pass_, reps):
     import torch
 
-    x, w, dy, s, p = (torch.from_numpy(a) if isinstance(a, np.ndarray) else a
-                      for a in make_inputs(layer))
+    x, w, dy = (torch.from_numpy(a) for a in make_inputs(layer))
+    s, p = LAYERS[layer][2:]
     x.requires_grad_(True)
     w.requires_grad_(True)
     conv = torch.nn.functional.conv2d

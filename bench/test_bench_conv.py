@@ -19,19 +19,13 @@ of seconds there. An algorithm is benchmarked on the layers it can compute
 (kernels.supports): winograd, F(2x2, 3x3), on 3x3 stride-1 layers only, which every layer
 here is; a layer added with another kernel or stride is skipped for it, with the reason.
 """
-import numpy as np
 import pytest
 
-from bench.common import rate, record, run_timed
+from bench.common import LAYERS, make_inputs, pass_flops, rate, record, run_timed
 from minigrad import kernels
 
 torch = pytest.importorskip("torch")
 
-LAYERS = {  # name: (x shape, w shape, stride, padding)
-    "mnist-conv1": ((64, 1, 28, 28), (32, 1, 3, 3), 1, 1),
-    "mnist-conv2": ((64, 32, 14, 14), (64, 32, 3, 3), 1, 1),
-    "wide": ((16, 64, 56, 56), (64, 64, 3, 3), 1, 1),
-}
 PASSES = ("forward", "forward+backward")
 SKIP = {("wide", "direct", "numpy")}
 
@@ -46,32 +40,6 @@ def _gpu_available():
 
 
 BACKENDS = ["numpy", "numba"] + (["cupy"] if _gpu_available() else [])
-
-
-def conv_flops(x_shape, w_shape, stride, padding):
-    n, c, h, w = x_shape
-    m, _, kh, kw = w_shape
-    ho = (h + 2 * padding - kh) // stride + 1
-    wo = (w + 2 * padding - kw) // stride + 1
-    return 2 * n * m * ho * wo * c * kh * kw
-
-
-def pass_flops(layer, pass_):
-    """Forward: one GEMM's worth; forward+backward: three (y, dx and dw)."""
-    return conv_flops(*LAYERS[layer]) * (1 if pass_ == "forward" else 3)
-
-
-def make_inputs(layer, xp=np):
-    x_shape, w_shape, stride, padding = LAYERS[layer]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal(w_shape).astype(np.float32)
-    y_shape = (x_shape[0], w_shape[0]) + tuple(
-        (s + 2 * padding - k) // stride + 1
-        for s, k in zip(x_shape[2:], w_shape[2:], strict=True)
-    )
-    dy = rng.standard_normal(y_shape).astype(np.float32)
-    return x, w, dy
 
 
 def _record(benchmark, *, layer, pass_, algo, backend, engine, ws, sgemm):
