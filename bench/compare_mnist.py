@@ -7,6 +7,15 @@ run, from the same initial weights on the same batches, and print a table.
 
 Columns: seconds per epoch, test accuracy, and minigrad's time as a ratio to PyTorch's.
 
+    python bench/compare_mnist.py --rounds 3            # every engine 3 times, interleaved
+
+--rounds R (default 1) runs every engine R times: round by round, each round in its own
+shuffled order (seeded by --seed), so that a slow spell of a shared host falls on one round of
+several engines rather than on every round of one. s/epoch is then the median over the
+rounds, and time/pytorch the median of each round's ratio to PyTorch's epoch *in that round*
+(a paired ratio: it cancels the host's speed when it drifts between rounds). With one round
+the engines run in the order given, PyTorch first.
+
 Each minigrad run first makes one throwaway training step, so that Numba's compilation (on a
 cold cache, seconds per kernel) is not timed as training. Each engine trains in a fresh
 Python process, one after the other. Sharing one process is
@@ -16,6 +25,8 @@ so whichever engine runs second would pay for the first.
 """
 import argparse
 import json
+import random
+import statistics
 import subprocess
 import sys
 import time
@@ -96,6 +107,8 @@ def main(argv=None):
     p.add_argument("--optimizer", default="adam")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every engine this many times, interleaved (median, paired ratios)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: ENGINE:ALGO
     args = p.parse_args(argv)
@@ -109,24 +122,41 @@ def main(argv=None):
                  if not a.startswith("--json")]
     if args.json and args.json in forwarded:
         forwarded.remove(args.json)
-    rows = []
-    for spec in ["pytorch:-"] + [f"minigrad:{a}" for a in args.algos.split(",")]:
-        r = subprocess.run([sys.executable, __file__, *forwarded, "--one", spec],
-                           stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        if r.returncode != 0:
-            print(f"compare_mnist: {spec} failed (exit {r.returncode})", file=sys.stderr)
-            return r.returncode
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        print(f"{spec}: {rows[-1]['seconds_per_epoch']:.2f} s/epoch, "
-              f"test acc {rows[-1]['test_accuracy']:.4f}", file=sys.stderr)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    specs = ["pytorch:-"] + [f"minigrad:{a}" for a in args.algos.split(",")]
+    runs = {spec: [] for spec in specs}  # spec -> its row from each round
+    order = list(specs)
+    shuffle = random.Random(args.seed).shuffle
+    for rnd in range(args.rounds):
+        if args.rounds > 1:
+            shuffle(order)
+        for spec in order:
+            r = subprocess.run([sys.executable, __file__, *forwarded, "--one", spec],
+                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            if r.returncode != 0:
+                print(f"compare_mnist: {spec} failed (exit {r.returncode})", file=sys.stderr)
+                return r.returncode
+            runs[spec].append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(f"round {rnd + 1}/{args.rounds} {spec}: "
+                  f"{runs[spec][-1]['seconds_per_epoch']:.2f} s/epoch, "
+                  f"test acc {runs[spec][-1]['test_accuracy']:.4f}", file=sys.stderr)
 
-    base = rows[0]["seconds_per_epoch"]
+    base = [row["seconds_per_epoch"] for row in runs["pytorch:-"]]
+    rows = []
+    for spec in specs:
+        seconds = [row["seconds_per_epoch"] for row in runs[spec]]
+        ratios = [s_ / b for s_, b in zip(seconds, base, strict=True)]
+        rows.append({**runs[spec][-1], "seconds_per_epoch": statistics.median(seconds),
+                     "seconds_per_round": seconds, "ratio_per_round": ratios,
+                     "ratio_to_pytorch": statistics.median(ratios)})
     n = args.limit or 60000
     print(f"\nMNIST CNN, {args.epochs} epoch(s), {n} training images, batch {args.batch_size}, "
-          f"{args.optimizer} lr {args.lr}, {args.workers} loader threads, seed {args.seed}")
+          f"{args.optimizer} lr {args.lr}, {args.workers} loader threads, seed {args.seed}"
+          + (f", {args.rounds} interleaved rounds (medians; ratios paired by round)"
+             if args.rounds > 1 else ""))
     print(f"{'engine':10s} {'algo':10s} {'s/epoch':>9s} {'test acc':>9s} {'time/pytorch':>13s}")
     for r in rows:
-        r["ratio_to_pytorch"] = r["seconds_per_epoch"] / base
         print(f"{r['engine']:10s} {r['algo']:10s} {r['seconds_per_epoch']:9.2f} "
               f"{r['test_accuracy']:9.4f} {r['ratio_to_pytorch']:13.2f}")
     if args.json:
