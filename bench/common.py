@@ -102,3 +102,13 @@ def make_inputs(layer):
     )
     dy = rng.standard_normal(y_shape).astype(np.float32)
     return x, w, dy
+
+
+def step_flops():
+    """One MNIST CNN training step at batch 64 (minigrad.models.MnistCNN): forward,
+    weight-gradient and data-gradient GEMM flops of conv2 and the dense layers, plus conv1's
+    forward and weight gradient (its input needs no gradient)."""
+    conv1 = 2 * 64 * 32 * 28 * 28 * 1 * 9
+    conv2 = 2 * 64 * 64 * 14 * 14 * 32 * 9
+    fc = 2 * 64 * (3136 * 128 + 128 * 64 + 64 * 10)
+    return 2 * conv1 + 3 * conv2 + 3 * fc

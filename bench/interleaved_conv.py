@@ -3,6 +3,7 @@
     python bench/interleaved_conv.py                                # mnist-conv2, fwd+bwd
     python bench/interleaved_conv.py --layers mnist-conv1 mnist-conv2 wide --rounds 40
     python bench/interleaved_conv.py --pass forward --json docs/results/interleaved.json
+    python bench/interleaved_conv.py --layers mnist-step      # a whole MNIST training step
 
 Why another conv benchmark. `pytest bench` (test_bench_conv.py) times all of one kernel's
 rounds, then all of the next kernel's. On a shared 2-core host a burst of load from elsewhere
@@ -20,6 +21,11 @@ time; forward+backward counts three GEMMs' worth, as test_bench_conv does), the 
 the paired ratios to PyTorch, and the median of the ratios to the round's fastest minigrad
 algorithm. NumPy's float32 sgemm (2048^3, as the pytest suite's yardstick) runs as one more
 engine in the rounds, so its GFLOP/s is measured under the same conditions.
+
+"mnist-step" (not a layer) times one training step of the MNIST CNN at batch 64 instead,
+forward, backward and Adam, as bench/test_bench_mnist.py does: each lowering's step against
+PyTorch's, from the same weights on the same batch (its --pass is ignored). That is the
+epoch's work without the loader and the separate processes of compare_mnist.py.
 
 The work is exactly test_bench_conv.py's: forward is kernels.conv2d_forward; forward+backward
 is conv2d_forward then conv2d_backward (dx and dW, no `saved`), against
@@ -42,7 +48,7 @@ from minigrad.allocator import retain_freed_memory
 
 retain_freed_memory()  # as the training loop and bench/conftest.py do, before torch loads
 
-from bench.common import LAYERS, make_inputs, pass_flops  # noqa: E402
+from bench.common import LAYERS, make_inputs, pass_flops, step_flops  # noqa: E402
 from minigrad import kernels  # noqa: E402
 
 ALGOS = ("im2col", "im2row", "kn2row", "kn2row-aa", "kn2col", "winograd")
@@ -51,8 +57,61 @@ REPS = 3
 SGEMM_N = 2048
 
 
+STEP = "mnist-step"  # a training step of the MNIST CNN, not a conv layer
+
+
+def work_flops(layer, pass_):
+    return step_flops() if layer == STEP else pass_flops(layer, pass_)
+
+
+def step_engines(algos, with_torch=True):
+    """name -> one MNIST CNN training step (batch 64: forward, backward, Adam)."""
+    import minigrad as mg
+    from minigrad import functional as F
+    from minigrad.data.mnist import load_mnist
+    from minigrad.data.transforms import mnist_normalize
+    from minigrad.models import MnistCNN
+    from minigrad.optim import Adam
+
+    X, y, _, _ = load_mnist()
+    x, y = mnist_normalize((X[:64], y[:64]))
+    mg.manual_seed(0)
+    init = MnistCNN()
+    out = {}
+    for algo in algos:
+        model = MnistCNN(algo=algo).load_state_dict(init.state_dict())
+        opt = Adam(model.parameters(), lr=1e-3)
+
+        def step(model=model, opt=opt):
+            loss = F.cross_entropy(model(mg.Tensor(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        out[algo] = step
+    if with_torch:
+        import torch
+
+        from bench import torch_reference as ref
+
+        tmodel = ref.copy_weights(ref.TorchMnistCNN(), init)
+        topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def torch_step():
+            loss = torch.nn.functional.cross_entropy(tmodel(tx), ty)
+            topt.zero_grad()
+            loss.backward()
+            topt.step()
+
+        out["pytorch"] = torch_step
+    return out
+
+
 def engines(layer, pass_, algos, with_torch=True):
     """name -> a no-argument callable doing the pass once."""
+    if layer == STEP:
+        return step_engines(algos, with_torch)
     x_shape, w_shape, stride, padding = LAYERS[layer]
     x, w, dy = make_inputs(layer)
     out = {}
@@ -125,7 +184,7 @@ def run_layer(layer, pass_, algos, rounds, seed, with_torch=True):
 
 def summarise(layer, pass_, times):
     """Rows of the table: median, IQR, GFLOP/s, paired ratios."""
-    flops = pass_flops(layer, pass_)
+    flops = work_flops(layer, pass_)
     algos = [k for k in times if k not in ("pytorch", "numpy-sgemm")]
     t = {k: np.asarray(v) for k, v in times.items()}
     fastest = np.min(np.stack([t[a] for a in algos]), axis=0)  # per round
@@ -183,7 +242,8 @@ def machine():
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", nargs="+", default=["mnist-conv2"], choices=list(LAYERS))
+    p.add_argument("--layers", nargs="+", default=["mnist-conv2"],
+                   choices=list(LAYERS) + [STEP])
     p.add_argument("--pass", dest="pass_", default="forward+backward",
                    choices=("forward", "forward+backward"))
     p.add_argument("--algos", nargs="+", default=list(ALGOS), choices=kernels.ALGORITHMS)
@@ -200,8 +260,10 @@ def main(argv=None):
         times = run_layer(layer, args.pass_, args.algos, args.rounds, args.seed,
                           with_torch=not args.no_torch)
         rows, sg = summarise(layer, args.pass_, times)
-        print_table(layer, args.pass_, rows, sg, args.rounds)
-        out["layers"].append({"layer": layer, "pass": args.pass_, "sgemm_gflops": sg,
+        print_table(layer, "training step" if layer == STEP else args.pass_, rows, sg,
+                    args.rounds)
+        out["layers"].append({"layer": layer, "pass": "step" if layer == STEP else args.pass_,
+                              "sgemm_gflops": sg,
                               "rows": rows,
                               "seconds": {k: list(map(float, v)) for k, v in times.items()}})
     if args.json:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from bench.common import rate, record
+from bench.common import rate, record, step_flops
 from minigrad import functional as F
 from minigrad import kernels
 from minigrad.data.mnist import load_mnist
@@ -24,15 +24,6 @@ torch = pytest.importorskip("torch")
 ref = pytest.importorskip("bench.torch_reference")
 
 ALGOS = [a for a in kernels.ALGORITHMS if a != "direct"]  # direct: the oracle, seconds/step
-
-
-def _step_flops():
-    """Forward + weight-gradient + data-gradient GEMM flops of conv2 and the dense layers, plus
-    conv1's forward and weight gradient (its input needs no gradient)."""
-    conv1 = 2 * 64 * 32 * 28 * 28 * 1 * 9
-    conv2 = 2 * 64 * 64 * 14 * 14 * 32 * 9
-    fc = 2 * 64 * (3136 * 128 + 128 * 64 + 64 * 10)
-    return 2 * conv1 + 3 * conv2 + 3 * fc
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +63,7 @@ def test_mnist_train_step(benchmark, batch, engine, sgemm_gflops):
         for _ in range(3):
             step()  # warm-up: Numba compilation, BLAS threads
     loss = benchmark.pedantic(step, rounds=30, iterations=1)  # disabled: one call
-    flops = _step_flops()
+    flops = step_flops()
     pytorch = engine == "pytorch"
     record(benchmark, engine="pytorch" if pytorch else "minigrad", task="mnist-step",
            algo="-" if pytorch else engine.split("-", 1)[1],

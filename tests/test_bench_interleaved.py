@@ -82,3 +82,16 @@ def test_compare_mnist_rounds_pair_the_ratios(tmp_path):
     assert rows["im2col"]["ratio_per_round"] == pytest.approx(paired)
     assert rows["im2col"]["ratio_to_pytorch"] == pytest.approx(float(np.median(paired)))
     assert rows["im2col"]["seconds_per_epoch"] == pytest.approx(float(np.median(ours)))
+
+
+@pytest.mark.mnist
+def test_the_training_step_mode(tmp_path):
+    """--layers mnist-step times MNIST CNN training steps, counted with the step's flops."""
+    out = tmp_path / "step.json"
+    ic.main(["--layers", "mnist-step", "--algos", "im2col", "--rounds", "1", "--no-torch",
+             "--json", str(out)])
+    layer = json.loads(out.read_text())["layers"][0]
+    assert layer["layer"] == "mnist-step" and layer["pass"] == "step"
+    (row,) = layer["rows"]
+    assert row["algo"] == "im2col"
+    assert row["gflops"] == pytest.approx(ic.step_flops() / (row["median_ms"] / 1e3) / 1e9)
