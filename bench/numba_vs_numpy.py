@@ -29,7 +29,7 @@ retain_freed_memory()
 from bench.common import LAYERS, make_inputs  # noqa: E402
 from minigrad import kernels  # noqa: E402
 
-ALGOS = ("im2row", "kn2row", "kn2row-aa", "kn2col", "im2col")
+ALGOS = ("im2row", "kn2row", "kn2row-aa", "kn2col", "winograd", "im2col")
 BACKENDS = ("numpy", "numba")
 PASSES = ("fwd", "fwd+bwd")
 
