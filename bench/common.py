@@ -112,3 +112,74 @@ def step_flops():
     conv2 = 2 * 64 * 64 * 14 * 14 * 32 * 9
     fc = 2 * 64 * (3136 * 128 + 128 * 64 + 64 * 10)
     return 2 * conv1 + 3 * conv2 + 3 * fc
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+
+def median_seconds(fn, repeat, settle):
+    """Median of `repeat` timed calls of fn, in seconds, after untimed calls (one at least)
+    for `settle` seconds: thread pools wake up, Numba compiles or loads from its cache, and
+    the threads of whatever ran before go quiet."""
+    start = time.perf_counter()
+    fn()
+    while time.perf_counter() - start < settle:
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def sgemm_gflops(n=2048):
+    """NumPy's float32 sgemm here, n^3, best of 3 (after one untimed call), in GFLOP/s."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    a @ a  # warm up BLAS threads
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def mnist_train_step(engine, init, x, y):
+    """One training step of the MNIST CNN (forward, backward, Adam 1e-3) on the batch (x, y),
+    as a no-argument callable returning the loss; the model starts from `init`'s weights.
+    engine: "pytorch" (bench/torch_reference.py's copy of the network) or a minigrad
+    convolution algorithm."""
+    if engine == "pytorch":
+        import torch
+
+        from bench import torch_reference as ref
+
+        model = ref.copy_weights(ref.TorchMnistCNN(), init)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def torch_step():
+            loss = torch.nn.functional.cross_entropy(model(tx), ty)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        return torch_step
+    import minigrad as mg
+    from minigrad import functional as F
+    from minigrad.models import MnistCNN
+    from minigrad.optim import Adam
+
+    model = MnistCNN(algo=engine).load_state_dict(init.state_dict())
+    opt = Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        loss = F.cross_entropy(model(mg.Tensor(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step

@@ -9,11 +9,12 @@ timing means little without them: the same code is 2x apart on two BLAS kernel c
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from bench import common
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -33,15 +34,7 @@ def sgemm_gflops():
     not a ceiling: minigrad's own GEMM (kernels/gemm/) may beat it, and OpenBLAS may be
     pinned to older kernels (machine_info.minigrad.blas says which).
     """
-    n = 2048
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    a @ a  # warm up BLAS threads
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return common.sgemm_gflops(2048)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -28,12 +28,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import median_seconds
 
 X_SHAPE, W_SHAPE, STRIDE, PADDING = (64, 32, 14, 14), (64, 32, 3, 3), 1, 1  # mnist-conv2
 COMPETITORS = {
@@ -76,21 +79,6 @@ def torch_pass(x, w, dy):
         y = torch.nn.functional.conv2d(tx, tw, stride=STRIDE, padding=PADDING)
         torch.autograd.grad(y, (tx, tw), tdy)
     return run
-
-
-def median_seconds(fn, repeat, settle=0.25):
-    """Median of `repeat` timed calls, after untimed calls for `settle` seconds (thread
-    pools wake up, Numba compiles or loads from its cache)."""
-    fn()
-    t_end = time.perf_counter() + settle
-    while time.perf_counter() < t_end:
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 class Competitor:
@@ -155,9 +143,9 @@ def main(argv=None):
 
     rows = []
     for name, fn in engines.items():
-        alone = median_seconds(fn, args.repeat)
+        alone = median_seconds(fn, args.repeat, 0.25)
         with Competitor(args.competitor, pin=not args.no_pin):
-            beside = median_seconds(fn, args.repeat)
+            beside = median_seconds(fn, args.repeat, 0.25)
         rows.append({"engine": name, "alone_ms": alone * 1e3, "beside_ms": beside * 1e3,
                      "slowdown": beside / alone})
         print(f"  {name}: {alone * 1e3:.2f} ms alone, {beside * 1e3:.2f} ms beside",

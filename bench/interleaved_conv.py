@@ -41,7 +41,6 @@ import platform
 import random
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -51,13 +50,20 @@ from minigrad.allocator import retain_freed_memory
 
 retain_freed_memory()  # as the training loop and bench/conftest.py do, before torch loads
 
-from bench.common import LAYERS, make_inputs, pass_flops, step_flops  # noqa: E402
+from bench.common import (  # noqa: E402
+    LAYERS,
+    make_inputs,
+    median_seconds,
+    mnist_train_step,
+    pass_flops,
+    sgemm_gflops,
+    step_flops,
+)
 from minigrad import kernels  # noqa: E402
 
 ALGOS = ("im2col", "im2row", "kn2row", "kn2row-aa", "kn2col", "winograd")
 SETTLE_S = 0.03
 REPS = 3
-SGEMM_N = 2048
 
 
 STEP = "mnist-step"  # a training step of the MNIST CNN, not a conv layer
@@ -70,45 +76,16 @@ def work_flops(layer, pass_):
 def step_engines(algos, with_torch=True):
     """name -> one MNIST CNN training step (batch 64: forward, backward, Adam)."""
     import minigrad as mg
-    from minigrad import functional as F
     from minigrad.data.mnist import load_mnist
     from minigrad.data.transforms import mnist_normalize
     from minigrad.models import MnistCNN
-    from minigrad.optim import Adam
 
     X, y, _, _ = load_mnist()
     x, y = mnist_normalize((X[:64], y[:64]))
     mg.manual_seed(0)
     init = MnistCNN()
-    out = {}
-    for algo in algos:
-        model = MnistCNN(algo=algo).load_state_dict(init.state_dict())
-        opt = Adam(model.parameters(), lr=1e-3)
-
-        def step(model=model, opt=opt):
-            loss = F.cross_entropy(model(mg.Tensor(x)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        out[algo] = step
-    if with_torch:
-        import torch
-
-        from bench import torch_reference as ref
-
-        tmodel = ref.copy_weights(ref.TorchMnistCNN(), init)
-        topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-        def torch_step():
-            loss = torch.nn.functional.cross_entropy(tmodel(tx), ty)
-            topt.zero_grad()
-            loss.backward()
-            topt.step()
-
-        out["pytorch"] = torch_step
-    return out
+    names = list(algos) + (["pytorch"] if with_torch else [])
+    return {name: mnist_train_step(name, init, x, y) for name in names}
 
 
 def engines(layer, pass_, algos, with_torch=True):
@@ -149,31 +126,10 @@ def engines(layer, pass_, algos, with_torch=True):
     return out
 
 
-def sgemm_gflops():
-    """NumPy's float32 sgemm here, 2048^3, best of 3 (after one call), in GFLOP/s."""
-    a = np.random.default_rng(0).standard_normal((SGEMM_N, SGEMM_N)).astype(np.float32)
-    a @ a
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t)
-    return 2 * SGEMM_N ** 3 / best / 1e9
-
-
 def turn(fn):
     """One engine's turn in a round: untimed calls (one at least) for SETTLE_S, then the
     median of REPS timed calls (s)."""
-    start = time.perf_counter()
-    fn()
-    while time.perf_counter() - start < SETTLE_S:
-        fn()
-    times = []
-    for _ in range(REPS):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return median_seconds(fn, REPS, SETTLE_S)
 
 
 def run_layer(layer, pass_, algos, rounds, seed, with_torch=True):

@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from bench.common import rate, record, step_flops
-from minigrad import functional as F
+from bench.common import mnist_train_step, rate, record, step_flops
 from minigrad import kernels
 from minigrad.data.mnist import load_mnist
 from minigrad.data.transforms import mnist_normalize
 from minigrad.models import MnistCNN
-from minigrad.optim import Adam
 
 torch = pytest.importorskip("torch")
 ref = pytest.importorskip("bench.torch_reference")
@@ -37,27 +35,7 @@ def batch():
 def test_mnist_train_step(benchmark, batch, engine, sgemm_gflops):
     x, y = batch
     mg.manual_seed(0)
-    if engine == "pytorch":
-        model = ref.copy_weights(ref.TorchMnistCNN(), MnistCNN())
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-        def step():
-            loss = torch.nn.functional.cross_entropy(model(tx), ty)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss.item()
-    else:
-        model = MnistCNN(algo=engine.split("-", 1)[1])
-        opt = Adam(model.parameters(), lr=1e-3)
-
-        def step():
-            loss = F.cross_entropy(model(mg.Tensor(x)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss.item()
+    step = mnist_train_step(engine.removeprefix("minigrad-"), MnistCNN(), x, y)
 
     if benchmark.enabled:
         for _ in range(3):
