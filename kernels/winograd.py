@@ -985,22 +985,28 @@ def _segment_products(uf, ub, mc, vw, vo, bw, add):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _dm_block(g, o, rs):
+    """dM = A g A^T, the 16 numbers of one 4x4 tile, from the 2x2 block of dy at g[o], g[o+1]
+    and, rs further, g[o+rs], g[o+rs+1] (as _grad_output_tiles)."""
+    g00, g01 = g[o], g[uintp(o + 1)]
+    g10, g11 = g[uintp(o + rs)], g[uintp(o + rs + 1)]
+    # r = A g (rows g0, g0 + g1, g0 - g1, -g1), then dM = r A^T
+    a0, b0 = g00, g01
+    a1, b1 = g00 + g10, g01 + g11
+    a2, b2 = g00 - g10, g01 - g11
+    a3, b3 = -g10, -g11
+    return (a0, a0 + b0, a0 - b0, -b0, a1, a1 + b1, a1 - b1, -b1,
+            a2, a2 + b2, a2 - b2, -b2, a3, a3 + b3, a3 - b3, -b3)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _segment_grad(g, go, rs, vw, vo, aw, ao):
     """aw[ao + k*SEG + l] += dM[k] * V[k] of channel 0 (V at vw[vo..]), dM = A g A^T of the
     2 x 2*SEG block of dy at g[go..] (its rows rs apart)."""
     for l in range(SEG):
         o = uintp(go + 2 * l)
-        g00, g01 = g[o], g[uintp(o + 1)]
-        g10, g11 = g[uintp(o + rs)], g[uintp(o + rs + 1)]
-        # r = A g (rows g0, g0 + g1, g0 - g1, -g1), then dM = r A^T (as _grad_output_tiles)
-        a0, b0 = g00, g01
-        a1, b1 = g00 + g10, g01 + g11
-        a2, b2 = g00 - g10, g01 - g11
-        a3, b3 = -g10, -g11
-        d0, d1, d2, d3 = a0, a0 + b0, a0 - b0, -b0
-        d4, d5, d6, d7 = a1, a1 + b1, a1 - b1, -b1
-        d8, d9, d10, d11 = a2, a2 + b2, a2 - b2, -b2
-        d12, d13, d14, d15 = a3, a3 + b3, a3 - b3, -b3
+        (d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14,
+         d15) = _dm_block(g, o, rs)
         o = uintp(ao + l)
         v = uintp(vo + l)
         aw[uintp(o)] += d0 * vw[uintp(v)]
@@ -1026,17 +1032,8 @@ def _segment_grad_output(g, go, rs, bw):
     """dM (at bw[_MB..]) of the block of dy at g[go..] (rows rs apart)."""
     for l in range(SEG):
         o = uintp(go + 2 * l)
-        g00, g01 = g[o], g[uintp(o + 1)]
-        g10, g11 = g[uintp(o + rs)], g[uintp(o + rs + 1)]
-        # r = A g (rows g0, g0 + g1, g0 - g1, -g1), then dM = r A^T (as _grad_output_tiles)
-        a0, b0 = g00, g01
-        a1, b1 = g00 + g10, g01 + g11
-        a2, b2 = g00 - g10, g01 - g11
-        a3, b3 = -g10, -g11
-        d0, d1, d2, d3 = a0, a0 + b0, a0 - b0, -b0
-        d4, d5, d6, d7 = a1, a1 + b1, a1 - b1, -b1
-        d8, d9, d10, d11 = a2, a2 + b2, a2 - b2, -b2
-        d12, d13, d14, d15 = a3, a3 + b3, a3 - b3, -b3
+        (d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14,
+         d15) = _dm_block(g, o, rs)
         o = uintp(_MB + l)
         bw[uintp(o)] = d0
         bw[uintp(o + 1 * SEG)] = d1
